@@ -1,0 +1,1 @@
+"""MobileNetV1/V3 model zoo for MindSpore."""

@@ -1,0 +1,30 @@
+"""Softmax cross-entropy with label smoothing, for sparse integer labels."""
+import mindspore as ms
+from mindspore import nn, ops
+
+from src.errors import UserError
+
+
+class CrossEntropySmooth(nn.LossBase):
+    """Softmax cross-entropy against smoothed one-hot targets.
+
+    Follows the MindSpore model zoo convention: with eps = smooth_factor and K = class_num, the true
+    class gets 1 - eps and every other class eps / (K - 1) (timm/PyTorch instead use
+    1 - eps + eps / K and eps / K). smooth_factor 0 is plain softmax cross-entropy.
+    The loss is computed in float32 (mixed-precision networks may emit float16 logits).
+    """
+
+    def __init__(self, class_num, smooth_factor=0.0, reduction="mean"):
+        super().__init__(reduction)
+        if class_num < 2:
+            raise UserError(f"class_num: got {class_num}, expected at least 2")
+        if not 0.0 <= smooth_factor <= 1.0:
+            raise UserError(f"smooth_factor: got {smooth_factor}, expected a value in [0, 1]")
+        self.class_num = class_num
+        self.on_value = ms.Tensor(1.0 - smooth_factor, ms.float32)
+        self.off_value = ms.Tensor(smooth_factor / (class_num - 1), ms.float32)
+        self.cross_entropy = nn.SoftmaxCrossEntropyWithLogits(sparse=False, reduction=reduction)
+
+    def construct(self, logits, label):
+        target = ops.one_hot(label, self.class_num, self.on_value, self.off_value)
+        return self.cross_entropy(ops.cast(logits, ms.float32), target)

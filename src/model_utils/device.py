@@ -1,0 +1,51 @@
+"""Execution context: mode, device target and id, CPU threads and seeds, set in one call."""
+import logging
+import os
+import random
+
+import mindspore as ms
+import numpy as np
+from mindspore import log as ms_log
+
+from src.errors import UserError
+
+MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
+
+
+def target_available(device_target: str) -> bool:
+    """Whether this machine can run `device_target`, without MindSpore's plugin-loading warnings."""
+    logger = ms_log._get_logger()  # pylint: disable=protected-access
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return ms.hal.is_available(device_target)
+    finally:
+        logger.setLevel(level)
+
+
+def setup_device(config) -> None:
+    """Set mode, device, CPU threads and seeds from `config` (device_target, device_id, mode,
+    runtime_num_threads, seed).  An unusable target is a one-line `UserError`."""
+    target = config.device_target
+    if not target_available(target):
+        raise UserError(f"device_target {target} is not available on this machine "
+                        f"(no {target} device or driver found); use --device_target CPU")
+    if config.mode not in MODES:
+        raise UserError(f"mode must be one of {', '.join(MODES)}; got {config.mode!r}")
+    ms.set_context(mode=MODES[config.mode])
+    ms.set_device(target, config.device_id)
+    if target == "CPU":
+        threads = config.runtime_num_threads or os.cpu_count() or 1
+        try:
+            ms.device_context.cpu.op_tuning.threads_num(threads)
+        except RuntimeError:  # already set in this process (it can be set only once)
+            pass
+    set_seed(config.seed)
+
+
+def set_seed(seed: int) -> None:
+    """Seed MindSpore (weights and ops), its dataset engine, numpy and Python's `random`."""
+    ms.set_seed(seed)
+    ms.dataset.config.set_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)

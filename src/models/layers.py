@@ -1,0 +1,52 @@
+"""Building blocks shared by the MobileNet families."""
+import mindspore.nn as nn
+import mindspore.ops as ops
+
+BN_MOMENTUM = 0.99
+BN_EPS = 1e-3
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int = None) -> int:
+    """Round `value` to the nearest multiple of `divisor`, never going more than 10% below it."""
+    min_value = min_value or divisor
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+class HSigmoid(nn.Cell):
+    """relu6(x + 3) / 6, written from primitives so that it exports to ONNX."""
+
+    def construct(self, x):
+        return ops.relu6(x + 3.0) / 6.0
+
+
+class HSwish(nn.Cell):
+    """x * relu6(x + 3) / 6, written from primitives so that it exports to ONNX."""
+
+    def construct(self, x):
+        return x * ops.relu6(x + 3.0) / 6.0
+
+
+ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hswish": HSwish, "hsigmoid": HSigmoid}
+
+
+def conv_bn_act(in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1, groups: int = 1,
+                activation: str = "relu") -> nn.SequentialCell:
+    """Conv (symmetric padding k // 2, no bias) -> BatchNorm -> activation (None for a linear layer)."""
+    layers = [
+        nn.Conv2d(in_channels, out_channels, kernel_size, stride, pad_mode="pad", padding=kernel_size // 2,
+                  group=groups, has_bias=False),
+        nn.BatchNorm2d(out_channels, eps=BN_EPS, momentum=BN_MOMENTUM),
+    ]
+    if activation:
+        layers.append(ACTIVATIONS[activation]())
+    return nn.SequentialCell(layers)
+
+
+class GlobalAvgPool(nn.Cell):
+    """Mean over height and width, keeping (N, C)."""
+
+    def construct(self, x):
+        return ops.mean(x, axis=(2, 3))

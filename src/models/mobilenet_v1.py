@@ -1,0 +1,48 @@
+"""MobileNetV1 (Howard et al. 2017): a stem conv and 13 depthwise-separable blocks, as a table."""
+import mindspore.nn as nn
+from mindspore.common.initializer import TruncatedNormal, XavierUniform, initializer
+
+from src.models.layers import GlobalAvgPool, conv_bn_act
+
+STEM_CHANNELS = 32
+# (output channels of the pointwise conv, stride of the depthwise conv), one row per block
+BLOCKS = (
+    (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
+    (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1),
+)
+WIDTHS = (0.25, 0.5, 0.75, 1.0)
+DENSE_SIGMA = 0.02  # classifier init: normal(0, 0.02) truncated at 2 sigma
+
+
+def _channels(c: int, width_mult: float) -> int:
+    return max(int(c * width_mult), 8)
+
+
+class MobileNetV1(nn.Cell):
+    """MobileNetV1; every layer is conv -> BN -> ReLU6, then global average pool and a dense head."""
+
+    def __init__(self, class_num: int = 1000, width_mult: float = 1.0, dropout: float = 0.0):
+        super().__init__()
+        in_ch = _channels(STEM_CHANNELS, width_mult)
+        layers = [conv_bn_act(3, in_ch, 3, 2, activation="relu6")]
+        for out, stride in BLOCKS:
+            out_ch = _channels(out, width_mult)
+            layers.append(conv_bn_act(in_ch, in_ch, 3, stride, groups=in_ch, activation="relu6"))
+            layers.append(conv_bn_act(in_ch, out_ch, 1, activation="relu6"))
+            in_ch = out_ch
+        self.features = nn.SequentialCell(layers)
+        self.pool = GlobalAvgPool()
+        self.dropout = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
+        self.classifier = nn.Dense(in_ch, class_num)
+        self._init_weights()
+
+    def _init_weights(self):
+        for _, cell in self.cells_and_names():
+            if isinstance(cell, nn.Conv2d):
+                cell.weight.set_data(initializer(XavierUniform(), cell.weight.shape, cell.weight.dtype))
+            elif isinstance(cell, nn.Dense):
+                cell.weight.set_data(initializer(TruncatedNormal(DENSE_SIGMA, a=-2 * DENSE_SIGMA, b=2 * DENSE_SIGMA), cell.weight.shape, cell.weight.dtype))
+                cell.bias.set_data(initializer("zeros", cell.bias.shape, cell.bias.dtype))
+
+    def construct(self, x):
+        return self.classifier(self.dropout(self.pool(self.features(x))))

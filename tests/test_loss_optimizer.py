@@ -1,0 +1,153 @@
+"""Label-smoothing loss against a hand computation; weight-decay groups and one optimizer step."""
+import mindspore as ms
+import numpy as np
+import pytest
+from mindspore import nn
+
+from src.errors import UserError
+from src.loss import CrossEntropySmooth
+from src.optimizer import create_optimizer, decay_groups
+
+LOGITS = np.array([[2.0, 1.0, 0.1, -1.0],
+                   [0.5, 0.5, 0.5, 0.5],
+                   [-2.0, 3.0, 0.0, 1.0]], dtype=np.float32)
+LABELS = np.array([0, 3, 1], dtype=np.int32)
+
+
+@pytest.fixture(params=[ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
+def execution_mode(request):
+    previous = ms.get_context("mode")
+    ms.set_context(mode=request.param)
+    yield request.param
+    ms.set_context(mode=previous)
+
+
+def smoothed_cross_entropy(logits, labels, smooth):
+    """Per-sample loss, zoo convention: on = 1 - eps, off = eps / (K - 1)."""
+    num_classes = logits.shape[1]
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    log_softmax = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    target = np.full(logits.shape, smooth / (num_classes - 1))
+    target[np.arange(len(labels)), labels] = 1.0 - smooth
+    return -(target * log_softmax).sum(axis=1)
+
+
+@pytest.mark.parametrize("smooth", [0.0, 0.1])
+def test_smoothed_loss_matches_hand_computation(execution_mode, smooth):
+    loss_fn = CrossEntropySmooth(class_num=4, smooth_factor=smooth)
+    loss = loss_fn(ms.Tensor(LOGITS), ms.Tensor(LABELS)).asnumpy()
+    assert loss.shape == ()
+    assert loss == pytest.approx(smoothed_cross_entropy(LOGITS, LABELS, smooth).mean(), rel=1e-6)
+
+
+def test_zero_smoothing_is_plain_cross_entropy():
+    expected = -np.log(np.exp(LOGITS[[0, 1, 2], LABELS]) / np.exp(LOGITS).sum(axis=1))
+    loss = CrossEntropySmooth(4, reduction="none")(ms.Tensor(LOGITS), ms.Tensor(LABELS)).asnumpy()
+    assert loss == pytest.approx(expected, rel=1e-6)
+    assert loss[1] == pytest.approx(np.log(4.0))
+
+
+def test_sum_reduction_and_float16_logits():
+    expected = smoothed_cross_entropy(LOGITS, LABELS, 0.1).sum()
+    loss = CrossEntropySmooth(4, 0.1, reduction="sum")(ms.Tensor(LOGITS, ms.float16), ms.Tensor(LABELS))
+    assert loss.dtype == ms.float32
+    assert loss.asnumpy() == pytest.approx(expected, rel=1e-3)
+
+
+@pytest.mark.parametrize("kwargs, key", [(dict(class_num=1), "class_num"),
+                                         (dict(class_num=4, smooth_factor=-0.1), "smooth_factor")])
+def test_loss_rejects_bad_values(kwargs, key):
+    with pytest.raises(UserError, match=f"^{key}: "):
+        CrossEntropySmooth(**kwargs)
+
+
+class SubclassedConv(nn.Conv2d):
+    """A Conv2d subclass (as a custom depthwise kernel would be): its weight still decays."""
+
+
+class TinyNet(nn.Cell):
+    """Conv (no bias) -> BN -> conv subclass (bias) -> dense (bias); `beta_head` traps name filters."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, has_bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.conv_bias = SubclassedConv(4, 4, 3, has_bias=True)
+        self.flatten = nn.Flatten()
+        self.beta_head = nn.Dense(4 * 6 * 6, 3, has_bias=True)
+
+    def construct(self, x):
+        return self.beta_head(self.flatten(self.conv_bias(self.bn(self.conv(x)))))
+
+
+DECAY_NAMES = ["conv.weight", "conv_bias.weight", "beta_head.weight"]
+NO_DECAY_NAMES = ["bn.gamma", "bn.beta", "conv_bias.bias", "beta_head.bias"]
+
+
+def names(params):
+    return [p.name for p in params]
+
+
+def test_decay_groups_are_conv_and_dense_weights_exactly():
+    net = TinyNet()
+    decay, no_decay = decay_groups(net)
+    assert names(decay) == DECAY_NAMES
+    assert names(no_decay) == NO_DECAY_NAMES
+    assert sorted(names(decay) + names(no_decay)) == sorted(names(net.trainable_params()))
+
+
+def test_frozen_parameters_are_in_no_group():
+    net = TinyNet()
+    net.conv.weight.requires_grad = False
+    net.bn.gamma.requires_grad = False
+    decay, no_decay = decay_groups(net)
+    assert names(decay) == ["conv_bias.weight", "beta_head.weight"]
+    assert names(no_decay) == ["bn.beta", "conv_bias.bias", "beta_head.bias"]
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "rmsprop"])
+def test_optimizer_decay_flags_follow_parameter_order(optimizer):
+    net = TinyNet()
+    opt = create_optimizer(net, 0.1, optimizer=optimizer, weight_decay=1e-4)
+    assert names(opt.parameters) == names(net.trainable_params())
+    flags = dict(zip(names(opt.parameters), opt.decay_flags))
+    assert flags == {**{n: True for n in DECAY_NAMES}, **{n: False for n in NO_DECAY_NAMES}}
+
+
+def test_unknown_optimizer_names_key():
+    with pytest.raises(UserError, match=r"^optimizer: got 'adam'.*momentum, rmsprop"):
+        create_optimizer(TinyNet(), 0.1, optimizer="adam")
+
+
+def expected_update(optimizer, grad, lr, rmsprop_decay, epsilon):
+    """First update from fresh state: Momentum lr*g; RMSProp with its mean square initialised to 1."""
+    if optimizer == "momentum":
+        return lr * grad
+    return lr * grad / np.sqrt(rmsprop_decay + (1 - rmsprop_decay) * grad ** 2 + epsilon)
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "rmsprop"])
+@pytest.mark.parametrize("lr_kind", ["float", "numpy", "tensor"])
+def test_one_step_applies_decay_only_to_conv_and_dense_weights(optimizer, lr_kind):
+    ms.set_seed(0)
+    lr, wd, loss_scale = 0.1, 0.5, 8.0
+    schedule = np.array([lr, lr / 2, lr / 4], dtype=np.float32)
+    learning_rate = {"float": lr, "numpy": schedule, "tensor": ms.Tensor(schedule)}[lr_kind]
+    net = TinyNet()
+    net.set_train(True)
+    opt = create_optimizer(net, learning_rate, optimizer=optimizer, momentum=0.9, weight_decay=wd,
+                           loss_scale=loss_scale, rmsprop_decay=0.9, rmsprop_epsilon=1e-3)
+    loss_fn = CrossEntropySmooth(3, 0.1)
+    x = ms.Tensor(np.random.default_rng(0).standard_normal((2, 3, 6, 6)).astype(np.float32))
+    y = ms.Tensor(np.array([0, 2], dtype=np.int32))
+    grads = ms.grad(lambda a, b: loss_fn(net(a), b) * loss_scale, grad_position=None, weights=opt.parameters)(x, y)
+    before = {p.name: p.asnumpy().copy() for p in opt.parameters}
+    opt(grads)
+    # MindSpore's CPU ApplyRMSProp has a vectorised path (tensors of 8+ elements) with ~5e-4 relative error.
+    rtol = 1e-5 if optimizer == "momentum" else 2e-3
+    for param, grad in zip(opt.parameters, grads):
+        weight = before[param.name]
+        grad = grad.asnumpy() / loss_scale + (wd * weight if param.name in DECAY_NAMES else 0.0)
+        expected = expected_update(optimizer, grad, lr, 0.9, 1e-3)
+        np.testing.assert_allclose(weight - param.asnumpy(), expected, rtol=rtol, atol=1e-7, err_msg=param.name)
+        assert np.abs(weight - param.asnumpy()).max() > 1e-4, param.name
