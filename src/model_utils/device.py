@@ -49,3 +49,21 @@ def set_seed(seed: int) -> None:
     ms.dataset.config.set_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
+
+
+def init_distributed(config) -> tuple:
+    """With `run_distribute`, join the collective group (HCCL/NCCL/MCCL by target) in data-parallel mode
+    with mean gradients; set `config.device_num` to the group size.  Returns (rank, group size)."""
+    if not config.run_distribute:
+        return 0, 1
+    from mindspore.communication import get_group_size, get_rank, init  # pylint: disable=import-outside-toplevel
+    try:
+        init()
+    except RuntimeError as err:
+        raise UserError(f"run_distribute: could not join the {config.device_target} communication group; start "
+                        f"the processes with msrun, mpirun or an Ascend rank table ({str(err).splitlines()[0]})")
+    rank, group_size = get_rank(), get_group_size()
+    config.device_num = group_size
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
+                                 device_num=group_size)
+    return rank, group_size

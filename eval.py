@@ -1,0 +1,46 @@
+"""Evaluate a checkpoint: python eval.py --config_path CONFIG --dataset_path DATA --checkpoint_path CKPT"""
+import json
+import os
+
+from src.checkpoint import load_weights
+from src.dataset import create_dataset, describe_pipeline_error
+from src.errors import UserError
+from src.model_utils.cli import log, run
+from src.model_utils.config import get_config
+from src.model_utils.device import setup_device
+from src.models import create_model
+from src.training import build_model
+
+
+def main():
+    config = get_config(description=__doc__)
+    setup_device(config)
+    if not config.checkpoint_path:
+        raise UserError("checkpoint_path is empty; expected --checkpoint_path PATH/TO/model.ckpt")
+    net = create_model(config.model, config.class_num, config.width_mult, config.dropout)
+    load_weights(net, config.checkpoint_path, "checkpoint_path")
+    net.set_train(False)
+    eval_ds = create_dataset(config, do_train=False)
+    model = build_model(config, net)
+    try:
+        result = model.eval(eval_ds, dataset_sink_mode=config.device_target != "CPU")
+    except RuntimeError as err:
+        message = describe_pipeline_error(err)
+        if message is None:
+            raise
+        raise UserError(message) from err
+    result = {key: float(result[key]) for key in ("top_1_accuracy", "top_5_accuracy", "loss")}
+    log(f"result: {result} ckpt={config.checkpoint_path}")
+    if config.result_file:
+        folder = os.path.dirname(os.path.abspath(config.result_file))
+        try:
+            os.makedirs(folder, exist_ok=True)
+            with open(config.result_file, "w", encoding="utf-8") as out:
+                json.dump({**result, "ckpt": config.checkpoint_path}, out, indent=2)
+        except OSError as err:
+            raise UserError(f"result_file '{config.result_file}' cannot be written: {err.strerror}") from err
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,70 @@
+"""Export a checkpoint: python export.py --config_path CONFIG --ckpt_file CKPT --file_name NAME --file_format MINDIR
+
+The network is exported in inference mode with batch size 1 unless --batch_size is given; the written
+file is loaded back and its output compared with the checkpoint's own network on the same input.
+"""
+import os
+
+import mindspore as ms
+import mindspore.nn as nn
+import numpy as np
+
+from src.checkpoint import load_weights
+from src.errors import UserError
+from src.model_utils.cli import log, run
+from src.model_utils.config import get_config
+from src.model_utils.device import setup_device, target_available
+from src.models import create_model
+
+EXTENSIONS = {"MINDIR": ".mindir", "AIR": ".air", "ONNX": ".onnx"}
+
+
+def reload_output(path: str, file_format: str, inputs: np.ndarray):
+    """Run the exported file on `inputs`; None when no runtime for the format is installed here."""
+    if file_format == "MINDIR":
+        return nn.GraphCell(ms.load(path))(ms.Tensor(inputs)).asnumpy()
+    if file_format == "ONNX":
+        try:
+            import onnxruntime  # pylint: disable=import-outside-toplevel
+        except ImportError:
+            return None
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: inputs})[0]
+    return None
+
+
+def main():
+    config = get_config(description=__doc__)
+    if config.file_format == "AIR" and not target_available("Ascend"):
+        raise UserError("file_format AIR needs an Ascend device (none here); use --file_format MINDIR or ONNX")
+    setup_device(config)
+    checkpoint = config.ckpt_file or config.checkpoint_path
+    if not checkpoint:
+        raise UserError("ckpt_file is empty; expected --ckpt_file PATH/TO/model.ckpt")
+    net = create_model(config.model, config.class_num, config.width_mult, config.dropout)
+    load_weights(net, checkpoint, "ckpt_file")
+    net.set_train(False)
+    batch = config.batch_size if "batch_size" in config.cli_keys else 1
+    height, width = config.height or config.image_size, config.width or config.image_size
+    inputs = np.random.default_rng(0).standard_normal((batch, 3, height, width)).astype(np.float32)
+    folder = os.path.dirname(os.path.abspath(config.file_name))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"file_name '{config.file_name}': cannot create folder {folder}: {err.strerror}") from err
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"file_name '{config.file_name}': folder {folder} is not writable")
+    ms.export(net, ms.Tensor(inputs), file_name=config.file_name, file_format=config.file_format)
+    path = config.file_name + EXTENSIONS[config.file_format]
+    log(f"exported {path} ({config.file_format}, input {batch}x3x{height}x{width}, from {checkpoint})")
+    reloaded = reload_output(path, config.file_format, inputs)
+    if reloaded is None:
+        log(f"reload check skipped: no {config.file_format} runtime installed here")
+    else:
+        difference = float(np.max(np.abs(reloaded - net(ms.Tensor(inputs)).asnumpy())))
+        log(f"reloaded {path}: max abs difference from the checkpoint's network {difference:.3g}")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,101 @@
+"""Checkpoints: read (through MindSpore's loader only), fit to a network, save atomically, find the newest."""
+import glob
+import os
+from typing import Optional
+
+import mindspore as ms
+import numpy as np
+
+from src.errors import UserError
+from src.model_utils.cli import log, warn
+
+CLASSIFIER = "classifier"
+PARTIAL = ".partial.ckpt"  # suffix of a checkpoint still being written
+
+
+def read_checkpoint(path: str, what: str = "checkpoint") -> dict:
+    """Parameter dict of `path`; a missing or unreadable file is a `UserError` naming it."""
+    if not path or not os.path.isfile(path):
+        raise UserError(f"{what} not found: {path or '(empty path)'}")
+    try:
+        return ms.load_checkpoint(path)
+    except (ValueError, RuntimeError, OSError) as err:
+        raise UserError(f"{what} {path} cannot be read as a MindSpore checkpoint (truncated or corrupt?): "
+                        f"{str(err).splitlines()[0]}") from err
+
+
+def fit_to_network(net, params: dict, path: str, what: str = "checkpoint", allow_new_head: bool = False) -> dict:
+    """Check `params` against `net` (names and shapes of all its parameters).
+
+    A classifier with another class count is dropped with a message when `allow_new_head` (fine-tuning);
+    any other difference is a `UserError` that says what does not fit.
+    """
+    expected = {p.name: tuple(p.shape) for p in net.get_parameters()}
+    missing = [name for name in expected if name not in params]
+    other_shape = [name for name in expected if name in params and tuple(params[name].shape) != expected[name]]
+    head = [name for name in other_shape if name.startswith(CLASSIFIER + ".")]
+    if missing or len(head) != len(other_shape):
+        wrong = missing + [n for n in other_shape if n not in head]
+        raise UserError(f"{what} {path} does not fit this network ({len(missing)} parameters missing, "
+                        f"{len(other_shape) - len(head)} of another shape, e.g. '{wrong[0]}'): was it trained "
+                        f"with another --model or --width_mult?")
+    if head:
+        ckpt_classes = params[f"{CLASSIFIER}.weight"].shape[0]
+        net_classes = expected[f"{CLASSIFIER}.weight"][0]
+        if not allow_new_head:
+            raise UserError(f"{what} {path} has {ckpt_classes} classes but class_num is {net_classes}")
+        log(f"{what} {path}: its classifier has {ckpt_classes} classes, the model {net_classes}: "
+            f"dropping {', '.join(head)} (fine-tuning with a new head)")
+        params = {name: value for name, value in params.items() if name not in head}
+    return params
+
+
+def load_weights(net, path: str, what: str = "checkpoint", allow_new_head: bool = False) -> None:
+    """Load the network's weights (and BN statistics) from `path`, checked by `fit_to_network`."""
+    params = fit_to_network(net, read_checkpoint(path, what), path, what, allow_new_head)
+    ms.load_param_into_net(net, params)
+
+
+def checkpoint_position(params: dict) -> tuple:
+    """(epochs done, global step) stored in a training checkpoint."""
+    if "global_step" not in params or "epoch_num" not in params:
+        raise UserError("checkpoint has no training position (global_step, epoch_num): it is a weights-only "
+                        "checkpoint; use it with --pre_trained instead of --resume")
+    step = int(np.asarray(params["global_step"].asnumpy()).reshape(-1)[0])
+    return int(params["epoch_num"].asnumpy()), step
+
+
+def restore_training(path: str, net, optimizer) -> tuple:
+    """Load weights, BN statistics and optimizer state (moments, global_step, LR) from `path`.
+
+    Returns (epochs done, global step)."""
+    params = read_checkpoint(path, "resume checkpoint")
+    position = checkpoint_position(params)
+    ms.load_param_into_net(net, fit_to_network(net, params, path, "resume checkpoint"))
+    ms.load_param_into_net(optimizer, params)
+    return position
+
+
+def training_checkpoints(ckpt_dir: str, prefix: str) -> list:
+    """Training checkpoints `<prefix>-<epoch>_<step>.ckpt` in `ckpt_dir`, newest first (by write time)."""
+    files = glob.glob(os.path.join(glob.escape(ckpt_dir), f"{glob.escape(prefix)}-*.ckpt"))
+    return sorted((f for f in files if not f.endswith(PARTIAL)), key=os.path.getmtime, reverse=True)
+
+
+def find_resume_checkpoint(ckpt_dir: str, prefix: str) -> Optional[str]:
+    """Newest readable training checkpoint; unreadable newer ones are skipped with a warning."""
+    for path in training_checkpoints(ckpt_dir, prefix):
+        try:
+            checkpoint_position(read_checkpoint(path))
+            return path
+        except UserError as err:
+            warn(f"resume auto: skipping {path}: {err}")
+    return None
+
+
+def save_checkpoint(cell, path: str, append: Optional[dict] = None) -> None:
+    """Write `cell`'s parameters to `path`; the file appears only complete (written under a temporary
+    name, then renamed), so an existing file of the same name is replaced only by a whole one."""
+    tmp = f"{path[:-len('.ckpt')]}{PARTIAL}"
+    ms.save_checkpoint(cell, tmp, append_dict=append)
+    os.replace(tmp, path)

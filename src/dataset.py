@@ -1,0 +1,232 @@
+"""Training and evaluation data pipelines on MindSpore's dataset engine.
+
+Two formats, chosen by `config.dataset`:
+- "cifar10": CIFAR-10 binary files (3073-byte records: 1 label byte, then the R, G, B planes of 32x32 bytes).
+  Training reads `data_batch_*.bin`, evaluation `test_batch.bin`, from the given folder, or from its
+  `cifar-10-batches-bin/` (or `cifar-10-verify-bin/`) sub-folder.  The records are parsed with numpy: MindSpore's
+  `Cifar10Dataset` only reads files of exactly 10,000 records.
+- "imagenet2012": one sub-folder of images per class, in `train/` for training and `val/` (or
+  `validation_preprocess/`) for evaluation, or the split folder itself.  Classes are the sorted sub-folder names.
+
+Training shuffles with `config.seed` (same seed and workers give the same order and augmentations) and drops the
+last partial batch; evaluation keeps the file order and scores every image exactly once.  With several ranks
+every rank reads a disjoint shard of equal size for training; evaluation shards are disjoint and complete.
+"""
+import os
+import re
+from typing import Optional
+
+import mindspore as ms
+import mindspore.dataset as ds
+import numpy as np
+from mindspore.dataset import transforms, vision
+
+from src.errors import UserError
+
+CIFAR_RECORD_BYTES = 1 + 3 * 32 * 32
+CIFAR_FOLDERS = ("cifar-10-batches-bin", "cifar-10-verify-bin")
+CIFAR_TRAIN_FILE = re.compile(r"data_batch_(\d+)\.bin")
+CIFAR_TEST_FILE = "test_batch.bin"
+# The official zoo's CIFAR-10 statistics, so that its CIFAR-10 checkpoints evaluate as they were trained.
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_TRAIN_FOLDERS = ("train",)
+IMAGENET_EVAL_FOLDERS = ("val", "validation_preprocess")
+# MindSpore's ImageFolderDataset matches extensions case-sensitively.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG", ".BMP")
+EVAL_CROP_FRACTION = 0.875
+BAD_IMAGE = re.compile(r"Invalid image, (.+?) decode failed")
+PIPELINE_ERROR = re.compile(r"^\[ERROR\] (.+)$", re.MULTILINE)
+
+
+class DatasetError(UserError):
+    """The data set path, layout or content is not what the config says."""
+
+
+def create_dataset(config, do_train: bool, rank_id: int = 0, rank_size: int = 1) -> ds.Dataset:
+    """Batched ("image" float32 NCHW, "label" int32) data set: training data if `do_train`, else evaluation data.
+
+    Training sets the dataset engine's global seed to `config.seed`.
+    """
+    if config.dataset not in ("cifar10", "imagenet2012"):
+        raise DatasetError(f"dataset '{config.dataset}' is not supported; expected cifar10 or imagenet2012")
+    key, path = _data_path(config, do_train)
+    workers = max(1, min(config.num_parallel_workers, os.cpu_count() or 1))
+    if do_train:
+        ds.config.set_seed(config.seed)
+    if config.dataset == "cifar10":
+        data = _cifar10_source(config, key, path, do_train, rank_id, rank_size)
+        operations = _cifar10_transforms(config, do_train)
+    else:
+        data = _image_folder_source(config, key, path, do_train, rank_id, rank_size, workers)
+        operations = _imagenet_transforms(config, do_train)
+    data = data.map(operations, input_columns="image", num_parallel_workers=workers)
+    data = data.map(transforms.TypeCast(ms.int32), input_columns="label", num_parallel_workers=workers)
+    return data.batch(config.batch_size, drop_remainder=do_train)
+
+
+def describe_pipeline_error(err: BaseException) -> Optional[str]:
+    """One line for an error raised by the data pipeline while iterating (naming the bad file), else None."""
+    text = str(err)
+    bad_image = BAD_IMAGE.search(text)
+    if bad_image:
+        return f"{bad_image.group(1)}: cannot decode this image; expected a readable JPEG, PNG or BMP file"
+    if isinstance(err, RuntimeError) and "Dataset Pipeline Error Message" in text:
+        detail = PIPELINE_ERROR.search(text)
+        return f"data pipeline failed: {detail.group(1).strip() if detail else text.strip().splitlines()[0]}"
+    return None
+
+
+def _data_path(config, do_train):
+    """(config key, path) of the data to read; a missing path is a DatasetError."""
+    key = "dataset_path" if do_train or not config.eval_dataset_path else "eval_dataset_path"
+    path = getattr(config, key)
+    if not path:
+        raise DatasetError(f"{key} is empty; expected the folder of the {config.dataset} data")
+    if not os.path.isdir(path):
+        problem = "is not a folder" if os.path.exists(path) else "does not exist"
+        raise DatasetError(f"{key} '{path}' {problem}; expected the folder of the {config.dataset} data")
+    return key, path
+
+
+def _sampler(image_count, do_train, rank_id, rank_size, path, batch_size):
+    """Training: seeded shuffle, equal disjoint shards.  Evaluation: file order, disjoint shards covering all."""
+    if do_train:
+        per_rank = image_count // rank_size
+        if per_rank < batch_size:
+            raise DatasetError(f"{path}: {image_count} training images give no full batch of {batch_size} "
+                               f"per rank on {rank_size} rank(s); expected at least {batch_size * rank_size} images")
+        return ds.DistributedSampler(rank_size, rank_id, shuffle=True, num_samples=per_rank)
+    if image_count <= rank_id:
+        raise DatasetError(f"{path}: {image_count} evaluation images leave rank {rank_id} of {rank_size} without any; "
+                           f"expected at least {rank_size} images")
+    return ds.SubsetSampler(list(range(rank_id, image_count, rank_size)))
+
+
+def _cifar10_files(key, path, do_train):
+    """The split's CIFAR-10 binary files, in `path` or in its cifar-10-batches-bin / cifar-10-verify-bin."""
+    for folder in (path, *(os.path.join(path, name) for name in CIFAR_FOLDERS)):
+        if not os.path.isdir(folder):
+            continue
+        names = os.listdir(folder)
+        if do_train:
+            numbered = sorted((int(match.group(1)), name) for name in names
+                              if (match := CIFAR_TRAIN_FILE.fullmatch(name)))
+            if numbered:
+                return [os.path.join(folder, name) for _, name in numbered]
+        elif CIFAR_TEST_FILE in names:
+            return [os.path.join(folder, CIFAR_TEST_FILE)]
+    wanted = "data_batch_1.bin .. data_batch_5.bin" if do_train else \
+        "test_batch.bin (the official split keeps it in cifar-10-verify-bin; set eval_dataset_path to that folder)"
+    raise DatasetError(f"{key} '{path}' holds no CIFAR-10 binary {'training' if do_train else 'test'} files; "
+                       f"expected a folder (or its cifar-10-batches-bin sub-folder) with {wanted}")
+
+
+def _read_cifar10_file(filename, class_num):
+    """(HWC uint8 images, int32 labels) of one CIFAR-10 binary file, checked for whole records and valid labels."""
+    try:
+        raw = np.fromfile(filename, dtype=np.uint8)
+    except OSError as err:
+        raise DatasetError(f"{filename}: cannot read ({err.strerror}); expected a readable CIFAR-10 binary file")
+    if raw.size == 0 or raw.size % CIFAR_RECORD_BYTES:
+        raise DatasetError(f"{filename}: {raw.size} bytes is not a whole number of {CIFAR_RECORD_BYTES}-byte CIFAR-10 "
+                           f"records (1 label byte + 3072 pixel bytes); the file is truncated or not CIFAR-10 binary")
+    records = raw.reshape(-1, CIFAR_RECORD_BYTES)
+    labels = records[:, 0].astype(np.int32)
+    out_of_range = np.flatnonzero(labels >= class_num)
+    if out_of_range.size:
+        first = out_of_range[0]
+        raise DatasetError(f"{filename}: record {first} has label {labels[first]}; "
+                           f"expected labels 0..{class_num - 1} (class_num is {class_num})")
+    images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels
+
+
+def _cifar10_source(config, key, path, do_train, rank_id, rank_size):
+    """The split's images (HWC uint8) and labels, read into memory and fed to the engine in sampler order."""
+    parts = [_read_cifar10_file(filename, config.class_num) for filename in _cifar10_files(key, path, do_train)]
+    images = np.concatenate([images for images, _ in parts])
+    labels = np.concatenate([labels for _, labels in parts])
+    sampler = _sampler(len(labels), do_train, rank_id, rank_size, path, config.batch_size)
+    return ds.NumpySlicesDataset((images, labels), column_names=["image", "label"], sampler=sampler)
+
+
+def _cifar10_transforms(config, do_train):
+    """Train: pad-4 random crop and optional flip.  Both: resize if image_size is not 32, normalize, HWC->CHW."""
+    operations = []
+    if do_train:
+        operations.append(vision.RandomCrop(32, padding=4))
+        if config.random_flip:
+            operations.append(vision.RandomHorizontalFlip())
+    if config.image_size != 32:
+        operations.append(vision.Resize((config.image_size, config.image_size)))
+    return operations + _normalize(CIFAR_MEAN, CIFAR_STD)
+
+
+def _imagenet_transforms(config, do_train):
+    """Train: random resized crop, optional flip and colour jitter.  Eval: resize short side, centre crop."""
+    size = config.image_size
+    if do_train:
+        operations = [vision.RandomResizedCrop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))]
+        if config.random_flip:
+            operations.append(vision.RandomHorizontalFlip())
+        if config.color_jitter > 0:
+            jitter = config.color_jitter
+            operations.append(vision.RandomColorAdjust(brightness=jitter, contrast=jitter, saturation=jitter))
+    else:
+        operations = [vision.Resize(int(size / EVAL_CROP_FRACTION)), vision.CenterCrop(size)]
+    return operations + _normalize(IMAGENET_MEAN, IMAGENET_STD)
+
+
+def _normalize(mean, std):
+    """uint8 HWC -> float32 CHW of (pixel / 255 - mean) / std."""
+    return [vision.Normalize([255 * m for m in mean], [255 * s for s in std]), vision.HWC2CHW()]
+
+
+def _subfolders(path):
+    return sorted(entry.name for entry in os.scandir(path) if entry.is_dir())
+
+
+def _imagenet_split_folder(key, path, do_train):
+    """`path/train` (training) or `path/val` / `path/validation_preprocess` (eval); `path` itself if it has none."""
+    subfolders = _subfolders(path)
+    if not set(subfolders) & {*IMAGENET_TRAIN_FOLDERS, *IMAGENET_EVAL_FOLDERS}:
+        return path
+    wanted = IMAGENET_TRAIN_FOLDERS if do_train else IMAGENET_EVAL_FOLDERS
+    for name in wanted:
+        if name in subfolders:
+            return os.path.join(path, name)
+    raise DatasetError(f"{key} '{path}' has no {' or '.join(wanted)} folder; expected {'/ or '.join(wanted)}/ "
+                       f"holding one sub-folder of images per class")
+
+
+def _image_folder_source(config, key, path, do_train, rank_id, rank_size, workers):
+    """The split's class folders, decoded by the engine (a decode error names the file); labels 0..N-1 by name."""
+    folder = _imagenet_split_folder(key, path, do_train)
+    classes, image_count = _image_classes(folder, config.class_num)
+    return ds.ImageFolderDataset(
+        folder, decode=True, extensions=list(IMAGE_EXTENSIONS), num_parallel_workers=workers,
+        class_indexing={name: index for index, name in enumerate(classes)},
+        sampler=_sampler(image_count, do_train, rank_id, rank_size, folder, config.batch_size))
+
+
+def _image_classes(folder, class_num):
+    """(sorted class folder names, image count), checked against class_num and for empty classes."""
+    classes = _subfolders(folder)
+    if not classes:
+        raise DatasetError(f"{folder}: no class sub-folders; expected one sub-folder of images per class")
+    if len(classes) != class_num:
+        raise DatasetError(f"{folder}: {len(classes)} class folders but class_num is {class_num}; "
+                           f"expected one sub-folder per class")
+    image_count = 0
+    for name in classes:
+        class_folder = os.path.join(folder, name)
+        count = sum(1 for entry in os.scandir(class_folder)
+                    if entry.is_file() and os.path.splitext(entry.name)[1] in IMAGE_EXTENSIONS)
+        if count == 0:
+            raise DatasetError(f"{class_folder}: no images; expected {', '.join(IMAGE_EXTENSIONS[:4])} files "
+                               f"in every class folder")
+        image_count += count
+    return classes, image_count

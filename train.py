@@ -1,0 +1,115 @@
+"""Train a MobileNet: python train.py --config_path CONFIG --dataset_path DATA [--key value ...]"""
+import os
+
+import mindspore.dataset as ds
+
+from src.callbacks import CheckpointSaver, EvalMonitor, TrainMonitor, trim_metrics
+from src.checkpoint import find_resume_checkpoint, load_weights, read_checkpoint, restore_training
+from src.dataset import create_dataset, describe_pipeline_error
+from src.errors import UserError
+from src.loss import CrossEntropySmooth
+from src.lr_generator import get_lr
+from src.model_utils.cli import log, run, set_log_rank
+from src.model_utils.config import get_config
+from src.model_utils.device import init_distributed, setup_device
+from src.models import create_model
+from src.optimizer import create_optimizer
+from src.training import build_model, precision_settings
+
+
+def prepare_output(path: str, writer: bool) -> str:
+    """Create the output folder and its `ckpt_0` (only rank 0 writes); returns the checkpoint folder."""
+    ckpt_dir = os.path.join(path, "ckpt_0")
+    if writer:
+        try:
+            os.makedirs(ckpt_dir, exist_ok=True)
+            probe = os.path.join(ckpt_dir, ".write_test")
+            with open(probe, "w", encoding="utf-8"):
+                pass
+            os.remove(probe)
+        except OSError as err:
+            raise UserError(f"save_checkpoint_path '{path}' is not writable: {err.strerror}") from err
+    return ckpt_dir
+
+
+def resume_path(config, ckpt_dir: str) -> str:
+    if config.resume != "auto":
+        return config.resume
+    path = find_resume_checkpoint(ckpt_dir, config.model)
+    log(f"resume auto: {'continuing from ' + path if path else 'no checkpoint in ' + ckpt_dir + ', starting anew'}")
+    return path or ""
+
+
+def best_top1(best_path: str) -> float:
+    if not os.path.isfile(best_path):
+        return -1.0
+    return float(read_checkpoint(best_path, "best checkpoint")["top_1_accuracy"].asnumpy())
+
+
+def main():
+    config = get_config(description=__doc__)
+    setup_device(config)
+    rank, group_size = init_distributed(config)
+    set_log_rank(rank, group_size)
+    writer = rank == 0
+    ckpt_dir = prepare_output(config.save_checkpoint_path, writer)
+    log(f"effective config ({config.source}):\n{config}")
+    if writer:
+        config.save(os.path.join(config.save_checkpoint_path, "config.yaml"))
+
+    ds.config.set_fast_recovery(False)  # a resumed pipeline replays the same order AND augmentations
+    train_ds = create_dataset(config, do_train=True, rank_id=rank, rank_size=group_size)
+    steps_per_epoch = train_ds.get_dataset_size()
+    eval_ds = create_dataset(config, do_train=False) if config.run_eval else None
+
+    net = create_model(config.model, config.class_num, config.width_mult, config.dropout)
+    if config.pre_trained:
+        load_weights(net, config.pre_trained, "pre_trained checkpoint", allow_new_head=True)
+    loss_fn = CrossEntropySmooth(config.class_num, config.label_smooth_factor)
+    lr = get_lr(config.lr_init, config.lr_max, config.lr_end, config.warmup_epochs, config.epoch_size,
+                steps_per_epoch, config.lr_decay_mode, lr_power=config.lr_power,
+                step_epochs=config.lr_step_epochs, step_gamma=config.lr_step_gamma)
+    amp_level, loss_scale_manager, optimizer_loss_scale = precision_settings(config)
+    optimizer = create_optimizer(net, lr, config.optimizer, config.momentum, config.weight_decay,
+                                 optimizer_loss_scale, config.rmsprop_decay, config.rmsprop_epsilon)
+
+    epochs_done, global_step = 0, 0
+    checkpoint = resume_path(config, ckpt_dir) if config.resume else ""
+    if checkpoint:
+        epochs_done, global_step = restore_training(checkpoint, net, optimizer)
+        log(f"resumed {checkpoint}: epoch {epochs_done}, global step {global_step}, lr {lr[global_step - 1]:.6g}")
+        if epochs_done >= config.epoch_size:
+            log(f"training already finished ({epochs_done} of {config.epoch_size} epochs)")
+            return 0
+        train_ds.set_init_step(global_step)
+    model = build_model(config, net, loss_fn, optimizer, amp_level, loss_scale_manager)
+
+    metrics_path = os.path.join(config.save_checkpoint_path, "metrics.csv") if writer else ""
+    if metrics_path:
+        trim_metrics(metrics_path, epochs_done)
+    callbacks = []
+    if writer and config.save_checkpoint:
+        callbacks.append(CheckpointSaver(ckpt_dir, config.model, config.save_checkpoint_epochs,
+                                         config.keep_checkpoint_max, config.epoch_size))
+    if eval_ds is not None:
+        best_path = os.path.join(ckpt_dir, f"{config.model}_best.ckpt") if writer else ""
+        callbacks.append(EvalMonitor(model, eval_ds, net, config.eval_interval, best_path,
+                                     best_top1(best_path) if writer else -1.0))
+    callbacks.append(TrainMonitor(lr, config.batch_size * group_size, config.log_interval, config.epoch_size,
+                                  metrics_path))
+    log(f"training {config.model} x{config.width_mult:g} on {config.device_target}: {steps_per_epoch} steps of "
+        f"{config.batch_size} images per epoch, epochs {epochs_done + 1}..{config.epoch_size}")
+    try:
+        model.train(config.epoch_size, train_ds, callbacks=callbacks,
+                    dataset_sink_mode=config.device_target != "CPU", initial_epoch=epochs_done)
+    except RuntimeError as err:
+        message = describe_pipeline_error(err)
+        if message is None:
+            raise
+        raise UserError(message) from err
+    log(f"training finished; checkpoints in {ckpt_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)
