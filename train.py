@@ -94,7 +94,7 @@ def main():
     if eval_ds is not None:
         best_path = os.path.join(ckpt_dir, f"{config.model}_best.ckpt") if writer else ""
         callbacks.append(EvalMonitor(model, eval_ds, net, config.eval_interval, best_path,
-                                     best_top1(best_path) if writer else -1.0))
+                                     best_top1(best_path) if writer and checkpoint else -1.0))
     callbacks.append(TrainMonitor(lr, config.batch_size * group_size, config.log_interval, config.epoch_size,
                                   metrics_path))
     log(f"training {config.model} x{config.width_mult:g} on {config.device_target}: {steps_per_epoch} steps of "
