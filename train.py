@@ -90,13 +90,13 @@ def main():
     callbacks = []
     if writer and config.save_checkpoint:
         callbacks.append(CheckpointSaver(ckpt_dir, config.model, config.save_checkpoint_epochs,
-                                         config.keep_checkpoint_max, config.epoch_size))
+                                         config.keep_checkpoint_max, config.epoch_size, global_step))
     if eval_ds is not None:
         best_path = os.path.join(ckpt_dir, f"{config.model}_best.ckpt") if writer else ""
         callbacks.append(EvalMonitor(model, eval_ds, net, config.eval_interval, best_path,
                                      best_top1(best_path) if writer and checkpoint else -1.0))
     callbacks.append(TrainMonitor(lr, config.batch_size * group_size, config.log_interval, config.epoch_size,
-                                  metrics_path))
+                                  metrics_path, global_step))
     log(f"training {config.model} x{config.width_mult:g} on {config.device_target}: {steps_per_epoch} steps of "
         f"{config.batch_size} images per epoch, epochs {epochs_done + 1}..{config.epoch_size}")
     try:

@@ -22,12 +22,15 @@ def _loss_value(net_outputs) -> float:
 
 class CheckpointSaver(Callback):
     """Every `every_epochs` epochs (and after the last) save the train network (weights, BN statistics,
-    optimizer moments, global_step, LR) as `<directory>/<prefix>-<epoch>_<step>.ckpt`; keep the newest `keep`."""
+    optimizer moments, global_step, LR) as `<directory>/<prefix>-<epoch>_<step>.ckpt`; keep the newest `keep`.
+    `start_step` is the global step a resumed run started at (MindSpore counts steps from 0 in each run)."""
 
-    def __init__(self, directory: str, prefix: str, every_epochs: int, keep: int, total_epochs: int):
+    def __init__(self, directory: str, prefix: str, every_epochs: int, keep: int, total_epochs: int,
+                 start_step: int = 0):
         super().__init__()
         self.directory, self.prefix = directory, prefix
         self.every_epochs, self.keep, self.total_epochs = every_epochs, keep, total_epochs
+        self.start_step = start_step
 
     def on_train_epoch_end(self, run_context):
         cb = run_context.original_args()
@@ -35,7 +38,7 @@ class CheckpointSaver(Callback):
         if epoch % self.every_epochs and epoch != self.total_epochs:
             return
         path = os.path.join(self.directory, f"{self.prefix}-{epoch}_{cb.batch_num}.ckpt")
-        save_checkpoint(cb.train_network, path, {"epoch_num": epoch, "step_num": cb.cur_step_num})
+        save_checkpoint(cb.train_network, path, {"epoch_num": epoch, "step_num": self.start_step + cb.cur_step_num})
         for old in training_checkpoints(self.directory, self.prefix)[self.keep:]:
             os.remove(old)
 
@@ -71,11 +74,13 @@ class EvalMonitor(Callback):
 
 class TrainMonitor(Callback):
     """Logs in the model zoo's format (`epoch: 1 step: 10, loss is 2.30`, `Epoch time: ..., per step
-    time: ...`) plus learning rate, images/s and time left; appends a row per epoch to `metrics_path`."""
+    time: ...`) plus learning rate, images/s and time left; appends a row per epoch to `metrics_path`.
+    `lr` holds the per-step rates of the whole run; `start_step` is where a resumed run started."""
 
     def __init__(self, lr: np.ndarray, images_per_step: int, log_interval: int, total_epochs: int,
-                 metrics_path: str = ""):
+                 metrics_path: str = "", start_step: int = 0):
         super().__init__()
+        self.start_step = start_step
         self.lr, self.images_per_step, self.log_interval = lr, images_per_step, log_interval
         self.total_epochs, self.metrics_path = total_epochs, metrics_path
         self.epoch_start, self.losses, self.epoch_seconds = 0.0, [], []
@@ -83,8 +88,9 @@ class TrainMonitor(Callback):
     def on_train_epoch_begin(self, run_context):
         self.epoch_start, self.losses = time.time(), []
 
-    def _lr_at(self, global_step: int) -> float:
-        return float(self.lr[min(global_step, len(self.lr)) - 1])
+    def _lr_at(self, step: int) -> float:
+        """Learning rate used by the `step`-th step of this run (counted from 1)."""
+        return float(self.lr[min(self.start_step + step, len(self.lr)) - 1])
 
     def on_train_step_end(self, run_context):
         cb = run_context.original_args()
@@ -106,7 +112,7 @@ class TrainMonitor(Callback):
         if self.metrics_path:
             result = getattr(cb, "eval_result", None) or {}
             self._append_row({
-                "epoch": cb.cur_epoch_num, "global_step": cb.cur_step_num,
+                "epoch": cb.cur_epoch_num, "global_step": self.start_step + cb.cur_step_num,
                 "loss": f"{np.mean(self.losses) if self.losses else math.nan:.6f}",
                 "lr": f"{self._lr_at(cb.cur_step_num):.6g}", "epoch_seconds": f"{seconds:.3f}",
                 "images_per_second": f"{self.images_per_step * steps / seconds:.1f}",

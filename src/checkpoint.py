@@ -25,7 +25,7 @@ def read_checkpoint(path: str, what: str = "checkpoint") -> dict:
 
 
 def fit_to_network(net, params: dict, path: str, what: str = "checkpoint", allow_new_head: bool = False) -> dict:
-    """Check `params` against `net` (names and shapes of all its parameters).
+    """The entries of `params` that load into `net`, checked against its parameter names and shapes.
 
     A classifier with another class count is dropped with a message when `allow_new_head` (fine-tuning);
     any other difference is a `UserError` that says what does not fit.
@@ -46,8 +46,8 @@ def fit_to_network(net, params: dict, path: str, what: str = "checkpoint", allow
             raise UserError(f"{what} {path} has {ckpt_classes} classes but class_num is {net_classes}")
         log(f"{what} {path}: its classifier has {ckpt_classes} classes, the model {net_classes}: "
             f"dropping {', '.join(head)} (fine-tuning with a new head)")
-        params = {name: value for name, value in params.items() if name not in head}
-    return params
+    # only the network's own names: MindSpore would also load e.g. `moments.classifier.weight` by suffix
+    return {name: params[name] for name in expected if name not in head}
 
 
 def load_weights(net, path: str, what: str = "checkpoint", allow_new_head: bool = False) -> None:

@@ -1,0 +1,150 @@
+"""train.py -> checkpoints and metrics -> eval.py -> export.py, fine-tuning and resume, as a user runs them."""
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+
+import mindspore as ms
+import numpy as np
+import pytest
+
+from src.demo_data import cifar10_records
+from src.lr_generator import get_lr
+from src.model_utils.config import ROOT_DIR
+
+pytestmark = pytest.mark.slow
+
+FAST = ["--config_path", os.path.join(ROOT_DIR, "demo_config.yaml"), "--width_mult", "0.25",
+        "--num_parallel_workers", "2", "--log_interval", "20", "--lr_max", "0.1", "--warmup_epochs", "0"]
+STEPS_PER_EPOCH = 1437 // 32
+
+
+def run_script(script, *args, check=True):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT_DIR, script), *map(str, args)], cwd=ROOT_DIR,
+                          capture_output=True, text=True, timeout=900)
+    if check:
+        assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def read_metrics(out_dir):
+    with open(os.path.join(out_dir, "metrics.csv"), newline="", encoding="utf-8") as src:
+        return list(csv.DictReader(src))
+
+
+def weights(path):
+    return {name: p.asnumpy() for name, p in ms.load_checkpoint(path).items()}
+
+
+@pytest.fixture(scope="module")
+def trained(demo_data, tmp_path_factory):
+    """Three epochs of MobileNetV1-0.25 on the demo CIFAR files, evaluating every epoch."""
+    out = str(tmp_path_factory.mktemp("run"))
+    proc = run_script("train.py", *FAST, "--dataset_path", demo_data["cifar10"], "--epoch_size", 3,
+                      "--save_checkpoint_path", out, "--keep_checkpoint_max", 3, "--run_eval", "True")
+    return {"out": out, "log": proc.stdout, "data": demo_data["cifar10"]}
+
+
+def test_training_writes_checkpoints_metrics_and_logs(trained):
+    out, log = trained["out"], trained["log"]
+    ckpt_dir = os.path.join(out, "ckpt_0")
+    assert sorted(os.listdir(ckpt_dir)) == ["mobilenet_v1-1_44.ckpt", "mobilenet_v1-2_44.ckpt",
+                                            "mobilenet_v1-3_44.ckpt", "mobilenet_v1_best.ckpt"]
+    rows = read_metrics(out)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert [int(r["global_step"]) for r in rows] == [44, 88, 132]
+    assert all(0 <= float(r["top_1_accuracy"]) <= 1 and float(r["images_per_second"]) > 0 for r in rows)
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    assert re.search(r"^epoch: 3 step: 44, loss is \d+\.\d+", log, re.MULTILINE)
+    assert re.search(r"^Epoch time: \d+\.\d+, per step time: \d+\.\d+, [\d.]+ img/s, time left: 0:00:00$",
+                     log, re.MULTILINE)
+    saved = open(os.path.join(out, "config.yaml"), encoding="utf-8").read()
+    assert "width_mult: 0.25" in saved and "epoch_size: 3" in saved
+    state = weights(os.path.join(ckpt_dir, "mobilenet_v1-3_44.ckpt"))
+    assert int(state["global_step"].reshape(-1)[0]) == 132 and int(state["epoch_num"]) == 3
+    assert any(name.startswith("moments.") for name in state)  # optimizer state travels with the weights
+
+
+def test_eval_scores_best_checkpoint(trained, tmp_path):
+    best = os.path.join(trained["out"], "ckpt_0", "mobilenet_v1_best.ckpt")
+    result_file = tmp_path / "result.json"
+    proc = run_script("eval.py", *FAST, "--dataset_path", trained["data"], "--checkpoint_path", best,
+                      "--result_file", result_file)
+    line = re.search(r"^result: \{'top_1_accuracy': ([\d.]+), 'top_5_accuracy': ([\d.]+), 'loss': ([\d.]+)\} "
+                     r"ckpt=(.+)$", proc.stdout, re.MULTILINE)
+    assert line and line.group(4) == best
+    result = json.loads(result_file.read_text())
+    assert result["top_1_accuracy"] == pytest.approx(float(line.group(1)))
+    best_epoch_top1 = max(float(r["top_1_accuracy"]) for r in read_metrics(trained["out"]))
+    assert result["top_1_accuracy"] == pytest.approx(best_epoch_top1, abs=1e-6)
+    assert result["top_1_accuracy"] * 360 == pytest.approx(round(result["top_1_accuracy"] * 360), abs=1e-6)
+
+
+@pytest.mark.parametrize("file_format,suffix", [("MINDIR", ".mindir"), ("ONNX", ".onnx")])
+def test_export_reloads_with_same_output(trained, tmp_path, file_format, suffix):
+    best = os.path.join(trained["out"], "ckpt_0", "mobilenet_v1_best.ckpt")
+    name = tmp_path / "exported"
+    proc = run_script("export.py", *FAST, "--ckpt_file", best, "--file_name", name, "--file_format", file_format)
+    assert os.path.isfile(f"{name}{suffix}")
+    assert f"input 1x3x32x32" in proc.stdout
+    difference = re.search(r"max abs difference from the checkpoint's network ([\d.e+-]+)", proc.stdout)
+    assert difference and float(difference.group(1)) < 1e-4
+
+
+def test_resume_continues_steps_lr_and_weights_exactly(trained, tmp_path):
+    """Resuming epoch 2's checkpoint in a fresh folder reproduces epoch 3 of the uninterrupted run."""
+    out = str(tmp_path / "resumed")
+    epoch2 = os.path.join(trained["out"], "ckpt_0", "mobilenet_v1-2_44.ckpt")
+    proc = run_script("train.py", *FAST, "--dataset_path", trained["data"], "--epoch_size", 3,
+                      "--save_checkpoint_path", out, "--resume", epoch2)
+    assert f"resumed {epoch2}: epoch 2, global step 88" in proc.stdout
+    assert "epoch: 1 step" not in proc.stdout and "epoch: 3 step: 44" in proc.stdout
+    rows = read_metrics(out)
+    assert [(r["epoch"], r["global_step"]) for r in rows] == [("3", "132")]
+    expected_lr = get_lr(0.0, 0.1, 0.0, 0, 3, STEPS_PER_EPOCH, "poly")[131]
+    assert float(rows[0]["lr"]) == pytest.approx(float(expected_lr), rel=1e-5)
+    assert rows[0]["lr"] == read_metrics(trained["out"])[2]["lr"]
+    resumed = weights(os.path.join(out, "ckpt_0", "mobilenet_v1-3_44.ckpt"))
+    uninterrupted = weights(os.path.join(trained["out"], "ckpt_0", "mobilenet_v1-3_44.ckpt"))
+    assert resumed.keys() == uninterrupted.keys()
+    worst = max(float(np.max(np.abs(resumed[k] - uninterrupted[k]))) for k in resumed)
+    assert worst <= 1e-6
+
+
+def test_resume_auto_finds_newest_and_finished_run_stops(trained, tmp_path):
+    proc = run_script("train.py", *FAST, "--dataset_path", trained["data"], "--epoch_size", 3,
+                      "--save_checkpoint_path", trained["out"], "--resume", "auto")
+    assert "continuing from " + os.path.join(trained["out"], "ckpt_0", "mobilenet_v1-3_44.ckpt") in proc.stdout
+    assert "training already finished (3 of 3 epochs)" in proc.stdout
+
+
+def test_fine_tune_into_five_classes_drops_head(trained, tmp_path):
+    images = np.stack([np.full((32, 32, 3), 40 * c, np.uint8) for c in range(5)] * 20)
+    labels = np.array(list(range(5)) * 20)
+    data = tmp_path / "five"
+    data.mkdir()
+    (data / "data_batch_1.bin").write_bytes(cifar10_records(images, labels))
+    (data / "test_batch.bin").write_bytes(cifar10_records(images[:25], labels[:25]))
+    ten_class = os.path.join(trained["out"], "ckpt_0", "mobilenet_v1-3_44.ckpt")
+    out = str(tmp_path / "finetune")
+    proc = run_script("train.py", *FAST, "--dataset_path", data, "--class_num", 5, "--epoch_size", 1,
+                      "--pre_trained", ten_class, "--save_checkpoint_path", out)
+    assert (f"pre_trained checkpoint {ten_class}: its classifier has 10 classes, the model 5: dropping "
+            f"classifier.weight, classifier.bias (fine-tuning with a new head)") in proc.stdout
+    tuned = weights(os.path.join(out, "ckpt_0", "mobilenet_v1-1_3.ckpt"))
+    assert tuned["classifier.weight"].shape == (5, 256)
+    # the backbone started from the 10-class weights: the stem moved only a little in 3 steps
+    source = weights(ten_class)
+    stem = "features.0.0.weight"
+    assert np.abs(tuned[stem] - source[stem]).max() < 0.1 * np.abs(source[stem]).max()
+
+
+def test_missing_pretrained_file_is_an_error(trained, tmp_path):
+    proc = run_script("train.py", *FAST, "--dataset_path", trained["data"], "--epoch_size", 1,
+                      "--pre_trained", tmp_path / "nope.ckpt", "--save_checkpoint_path", tmp_path / "o",
+                      check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == f"ERROR: pre_trained checkpoint not found: {tmp_path / 'nope.ckpt'}"
+    assert "Traceback" not in proc.stderr
