@@ -6,7 +6,7 @@ import pytest
 
 from src.errors import UserError
 from src.models import count_macs, count_params, create_model
-from src.models.layers import HSwish
+from src.models.layers import Dropout, HSwish
 from src.models.mobilenet_v3 import InvertedResidual, SqueezeExcite
 
 # DESIGN.md section 3: trainable parameters (1000 classes) and MACs at 224x224
@@ -96,7 +96,7 @@ def test_v3_structure_follows_the_paper():
     assert (dense_head.in_channels, dense_head.out_channels, dense_head.has_bias) == (432, 1024, True)
     assert isinstance(act, HSwish)
     assert small.classifier.in_channels == 1024
-    assert isinstance(small.dropout, nn.Dropout) and small.dropout.p == pytest.approx(0.2)
+    assert isinstance(small.dropout, Dropout) and small.dropout.p == pytest.approx(0.2)
     large = create_model("mobilenet_v3_large", class_num=1000)
     assert (large.head[0].in_channels, large.head[0].out_channels) == (960, 1280)
     bns = [c for _, c in large.cells_and_names() if isinstance(c, nn.BatchNorm2d)]
@@ -142,3 +142,18 @@ def test_unknown_model_and_width_list_valid_ones():
     with pytest.raises(UserError, match="width_mult 0.5 is not available for mobilenet_v3_small; "
                                         "valid widths: 0.75, 1"):
         create_model("mobilenet_v3_small", width_mult=0.5)
+
+
+def test_dropout_is_reproducible_and_drops_the_right_share():
+    drop = Dropout(0.2, seed=5)
+    drop.set_train(True)
+    x = ms.Tensor(np.ones((64, 1024), np.float32))
+    first, second = drop(x).asnumpy(), drop(x).asnumpy()
+    assert int(drop.calls.asnumpy()) == 2
+    assert abs((first == 0).mean() - 0.2) < 0.01 and np.allclose(first[first != 0], 1 / 0.8)
+    assert 0.6 < (first == second).mean() < 0.76  # independent masks per call (0.8^2 + 0.2^2 = 0.68)
+    again = Dropout(0.2, seed=5)
+    again.set_train(True)
+    assert np.array_equal(again(x).asnumpy(), first)  # same seed and call count: same mask
+    drop.set_train(False)
+    assert np.array_equal(drop(x).asnumpy(), x.asnumpy())

@@ -1,6 +1,8 @@
 """Building blocks shared by the MobileNet families."""
+import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
+from mindspore import Parameter, Tensor
 
 BN_MOMENTUM = 0.99
 BN_EPS = 1e-3
@@ -50,3 +52,29 @@ class GlobalAvgPool(nn.Cell):
 
     def construct(self, x):
         return ops.mean(x, axis=(2, 3))
+
+
+class Dropout(nn.Cell):
+    """Inverted dropout whose mask is a hash of (seed, call counter, element index), so that runs with the
+    same seed are bitwise reproducible (MindSpore's `nn.Dropout` is not) and a resumed run continues the
+    same masks: the counter is a Parameter, saved in checkpoints.  Identity in inference mode."""
+
+    def __init__(self, p: float, seed: int = 0):
+        super().__init__()
+        self.p = p
+        self.seed = float(seed)
+        self.calls = Parameter(Tensor(0, ms.int32), name="calls", requires_grad=False)
+
+    def construct(self, x):
+        if not self.training:
+            return x
+        calls = ops.assign_add(self.calls, ops.ones((), ms.int32))
+        index = ops.arange(0, x.size, dtype=ms.float64).reshape(x.shape)
+        noise = ops.sin(index * 12.9898 + calls.astype(ms.float64) * 78.233 + self.seed * 37.719) * 43758.5453
+        keep = (noise - ops.floor(noise) >= self.p).astype(x.dtype)
+        return x * keep / (1.0 - self.p)
+
+
+def make_dropout(p: float) -> nn.Cell:
+    """`Dropout(p)` seeded from MindSpore's global seed, or an identity when p is 0."""
+    return Dropout(p, ms.get_seed() or 0) if p > 0 else nn.Identity()

@@ -2,7 +2,7 @@
 import mindspore.nn as nn
 from mindspore.common.initializer import TruncatedNormal, XavierUniform, initializer
 
-from src.models.layers import GlobalAvgPool, conv_bn_act
+from src.models.layers import GlobalAvgPool, conv_bn_act, make_dropout
 
 STEM_CHANNELS = 32
 # (output channels of the pointwise conv, stride of the depthwise conv), one row per block
@@ -32,7 +32,7 @@ class MobileNetV1(nn.Cell):
             in_ch = out_ch
         self.features = nn.SequentialCell(layers)
         self.pool = GlobalAvgPool()
-        self.dropout = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
+        self.dropout = make_dropout(dropout)
         self.classifier = nn.Dense(in_ch, class_num)
         self._init_weights()
 

@@ -8,7 +8,7 @@ import mindspore.nn as nn
 import mindspore.ops as ops
 from mindspore.common.initializer import HeNormal, Normal, initializer
 
-from src.models.layers import ACTIVATIONS, GlobalAvgPool, conv_bn_act, make_divisible
+from src.models.layers import ACTIVATIONS, GlobalAvgPool, conv_bn_act, make_divisible, make_dropout
 
 STEM_CHANNELS = 16
 # kernel, expansion channels, output channels, squeeze-excite, activation, stride (width 1.0)
@@ -104,7 +104,7 @@ class MobileNetV3(nn.Cell):
         self.features = nn.SequentialCell(layers)
         self.pool = GlobalAvgPool()
         self.head = nn.SequentialCell([nn.Dense(last_ch, head), ACTIVATIONS["hswish"]()])
-        self.dropout = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
+        self.dropout = make_dropout(dropout)
         self.classifier = nn.Dense(head, class_num)
         self._init_weights()
 
