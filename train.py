@@ -1,9 +1,10 @@
 """Train a MobileNet: python train.py --config_path CONFIG --dataset_path DATA [--key value ...]"""
 import os
+import signal
 
 import mindspore.dataset as ds
 
-from src.callbacks import CheckpointSaver, EvalMonitor, TrainMonitor, trim_metrics
+from src.callbacks import CheckpointSaver, EvalMonitor, StopOnSignal, TrainMonitor, trim_metrics
 from src.checkpoint import find_resume_checkpoint, load_weights, read_checkpoint, restore_training
 from src.dataset import create_dataset, describe_pipeline_error
 from src.errors import UserError
@@ -73,30 +74,36 @@ def main():
     optimizer = create_optimizer(net, lr, config.optimizer, config.momentum, config.weight_decay,
                                  optimizer_loss_scale, config.rmsprop_decay, config.rmsprop_epsilon)
 
-    epochs_done, global_step = 0, 0
+    global_step = 0
     checkpoint = resume_path(config, ckpt_dir) if config.resume else ""
     if checkpoint:
-        epochs_done, global_step = restore_training(checkpoint, net, optimizer)
-        log(f"resumed {checkpoint}: epoch {epochs_done}, global step {global_step}, lr {lr[global_step - 1]:.6g}")
-        if epochs_done >= config.epoch_size:
-            log(f"training already finished ({epochs_done} of {config.epoch_size} epochs)")
+        global_step = restore_training(checkpoint, net, optimizer, len(lr))[1]
+        log(f"resumed {checkpoint}: {global_step // steps_per_epoch} epochs and {global_step % steps_per_epoch} "
+            f"steps done, global step {global_step}, lr {lr[global_step - 1]:.6g}")
+        if global_step >= len(lr):
+            log(f"training already finished ({config.epoch_size} of {config.epoch_size} epochs)")
             return 0
-        train_ds.set_init_step(global_step)
+        train_ds.set_init_step(global_step)  # the same batches and augmentations as if never interrupted
+    epochs_done = global_step // steps_per_epoch
     model = build_model(config, net, loss_fn, optimizer, amp_level, loss_scale_manager)
 
     metrics_path = os.path.join(config.save_checkpoint_path, "metrics.csv") if writer else ""
     if metrics_path:
         trim_metrics(metrics_path, epochs_done)
-    callbacks = []
+    saver = None
     if writer and config.save_checkpoint:
-        callbacks.append(CheckpointSaver(ckpt_dir, config.model, config.save_checkpoint_epochs,
-                                         config.keep_checkpoint_max, config.epoch_size, global_step))
+        saver = CheckpointSaver(ckpt_dir, config.model, config.save_checkpoint_epochs, config.keep_checkpoint_max,
+                                config.epoch_size, global_step)
+    stop = StopOnSignal(saver)
+    # order matters: evaluation feeds the monitor's metrics row; the monitor's divergence check runs
+    # before anything saves at the end of a step or epoch
+    callbacks = [TrainMonitor(lr, config.batch_size * group_size, config.log_interval, config.epoch_size,
+                              metrics_path, global_step, skip_overflow=config.loss_scale_type == "dynamic")]
     if eval_ds is not None:
         best_path = os.path.join(ckpt_dir, f"{config.model}_best.ckpt") if writer else ""
-        callbacks.append(EvalMonitor(model, eval_ds, net, config.eval_interval, best_path,
-                                     best_top1(best_path) if writer and checkpoint else -1.0))
-    callbacks.append(TrainMonitor(lr, config.batch_size * group_size, config.log_interval, config.epoch_size,
-                                  metrics_path, global_step))
+        callbacks.insert(0, EvalMonitor(model, eval_ds, net, config.eval_interval, best_path,
+                                        best_top1(best_path) if writer and checkpoint else -1.0))
+    callbacks += [cb for cb in (saver, stop) if cb is not None]
     log(f"training {config.model} x{config.width_mult:g} on {config.device_target}: {steps_per_epoch} steps of "
         f"{config.batch_size} images per epoch, epochs {epochs_done + 1}..{config.epoch_size}")
     try:
@@ -107,6 +114,10 @@ def main():
         if message is None:
             raise
         raise UserError(message) from err
+    if stop.signal_name:
+        saved = f"saved {stop.saved}" if stop.saved else "no checkpoint written by this rank"
+        log(f"stopped by {stop.signal_name}: {saved}; resume with the same command plus --resume auto")
+        return 128 + getattr(signal, stop.signal_name)
     log(f"training finished; checkpoints in {ckpt_dir}")
     return 0
 

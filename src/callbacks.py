@@ -2,22 +2,26 @@
 import csv
 import math
 import os
+import signal
 import time
 
 import numpy as np
 from mindspore.train.callback import Callback
 
 from src.checkpoint import save_checkpoint, training_checkpoints
+from src.errors import UserError
 from src.model_utils.cli import log
 
 METRIC_FIELDS = ("epoch", "global_step", "loss", "lr", "epoch_seconds", "images_per_second",
                  "top_1_accuracy", "top_5_accuracy", "eval_loss")
 
 
-def _loss_value(net_outputs) -> float:
-    """The loss from a train step's outputs (a loss-scale cell also returns overflow and scale)."""
-    loss = net_outputs[0] if isinstance(net_outputs, (tuple, list)) else net_outputs
-    return float(np.mean(loss.asnumpy()))
+def _loss_and_overflow(net_outputs) -> tuple:
+    """(loss, whether the step overflowed) from a train step's outputs: a loss-scale cell returns
+    (loss, overflow, scale), a plain one the loss alone."""
+    if isinstance(net_outputs, (tuple, list)):
+        return float(np.mean(net_outputs[0].asnumpy())), bool(net_outputs[1].asnumpy())
+    return float(np.mean(net_outputs.asnumpy())), False
 
 
 class CheckpointSaver(Callback):
@@ -32,15 +36,42 @@ class CheckpointSaver(Callback):
         self.every_epochs, self.keep, self.total_epochs = every_epochs, keep, total_epochs
         self.start_step = start_step
 
-    def on_train_epoch_end(self, run_context):
-        cb = run_context.original_args()
-        epoch = cb.cur_epoch_num
-        if epoch % self.every_epochs and epoch != self.total_epochs:
-            return
-        path = os.path.join(self.directory, f"{self.prefix}-{epoch}_{cb.batch_num}.ckpt")
-        save_checkpoint(cb.train_network, path, {"epoch_num": epoch, "step_num": self.start_step + cb.cur_step_num})
+    def save(self, cb) -> str:
+        """Save now (at the end of the current step); returns the file written."""
+        global_step = self.start_step + cb.cur_step_num
+        step_in_epoch = (global_step - 1) % cb.batch_num + 1
+        path = os.path.join(self.directory, f"{self.prefix}-{cb.cur_epoch_num}_{step_in_epoch}.ckpt")
+        save_checkpoint(cb.train_network, path, {"epoch_num": cb.cur_epoch_num, "step_num": global_step})
         for old in training_checkpoints(self.directory, self.prefix)[self.keep:]:
             os.remove(old)
+        return path
+
+    def on_train_epoch_end(self, run_context):
+        cb = run_context.original_args()
+        if run_context.get_stop_requested():
+            return
+        if cb.cur_epoch_num % self.every_epochs == 0 or cb.cur_epoch_num == self.total_epochs:
+            self.save(cb)
+
+
+class StopOnSignal(Callback):
+    """SIGTERM and SIGINT (Ctrl-C) only set a flag; at the next step end the run saves a checkpoint through
+    `saver` (None on ranks that write none) and stops.  `signal_name` and `saved` tell what happened."""
+
+    def __init__(self, saver=None):
+        super().__init__()
+        self.saver, self.signal_name, self.saved = saver, "", ""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._request)
+
+    def _request(self, signum, _frame):
+        self.signal_name = signal.Signals(signum).name
+
+    def on_train_step_end(self, run_context):
+        if self.signal_name:
+            if self.saver is not None:
+                self.saved = self.saver.save(run_context.original_args())
+            run_context.request_stop()
 
 
 class EvalMonitor(Callback):
@@ -55,7 +86,7 @@ class EvalMonitor(Callback):
     def on_train_epoch_end(self, run_context):
         cb = run_context.original_args()
         cb.eval_result = None
-        if cb.cur_epoch_num % self.interval:
+        if cb.cur_epoch_num % self.interval or run_context.get_stop_requested():
             return
         start = time.time()
         result = self.model.eval(self.eval_dataset, dataset_sink_mode=False)
@@ -75,18 +106,22 @@ class EvalMonitor(Callback):
 class TrainMonitor(Callback):
     """Logs in the model zoo's format (`epoch: 1 step: 10, loss is 2.30`, `Epoch time: ..., per step
     time: ...`) plus learning rate, images/s and time left; appends a row per epoch to `metrics_path`.
-    `lr` holds the per-step rates of the whole run; `start_step` is where a resumed run started."""
+    `lr` holds the per-step rates of the whole run; `start_step` is where a resumed run started.
+
+    A non-finite loss stops the run with a `UserError` naming epoch and step, before any checkpoint of that
+    epoch is written.  With `skip_overflow` (dynamic loss scale) an overflowing step is skipped by the
+    loss-scale cell instead, and counted."""
 
     def __init__(self, lr: np.ndarray, images_per_step: int, log_interval: int, total_epochs: int,
-                 metrics_path: str = "", start_step: int = 0):
+                 metrics_path: str = "", start_step: int = 0, skip_overflow: bool = False):
         super().__init__()
-        self.start_step = start_step
+        self.start_step, self.skip_overflow = start_step, skip_overflow
         self.lr, self.images_per_step, self.log_interval = lr, images_per_step, log_interval
         self.total_epochs, self.metrics_path = total_epochs, metrics_path
-        self.epoch_start, self.losses, self.epoch_seconds = 0.0, [], []
+        self.epoch_start, self.losses, self.epoch_seconds, self.skipped = 0.0, [], [], 0
 
     def on_train_epoch_begin(self, run_context):
-        self.epoch_start, self.losses = time.time(), []
+        self.epoch_start, self.losses, self.skipped = time.time(), [], 0
 
     def _lr_at(self, step: int) -> float:
         """Learning rate used by the `step`-th step of this run (counted from 1)."""
@@ -94,23 +129,35 @@ class TrainMonitor(Callback):
 
     def on_train_step_end(self, run_context):
         cb = run_context.original_args()
-        loss = _loss_value(cb.net_outputs)
+        loss, overflow = _loss_and_overflow(cb.net_outputs)
+        step_in_epoch = (self.start_step + cb.cur_step_num - 1) % cb.batch_num + 1
+        if overflow and self.skip_overflow:
+            self.skipped += 1
+            log(f"epoch: {cb.cur_epoch_num} step: {step_in_epoch}, gradient overflow: step skipped, "
+                f"loss scale lowered")
+            return
+        if not math.isfinite(loss):
+            raise UserError(f"loss is {loss} at epoch {cb.cur_epoch_num} step {step_in_epoch} (global step "
+                            f"{self.start_step + cb.cur_step_num}): training diverged and was stopped; checkpoints "
+                            f"already saved are kept; lower lr_max, or use --loss_scale_type dynamic")
         self.losses.append(loss)
-        step_in_epoch = (cb.cur_step_num - 1) % cb.batch_num + 1
         if step_in_epoch % self.log_interval == 0 or step_in_epoch == cb.batch_num:
             log(f"epoch: {cb.cur_epoch_num} step: {step_in_epoch}, loss is {loss:.6f}, "
                 f"lr: {self._lr_at(cb.cur_step_num):.6g}")
 
     def on_train_epoch_end(self, run_context):
         cb = run_context.original_args()
+        if run_context.get_stop_requested():
+            return
         seconds = time.time() - self.epoch_start
         self.epoch_seconds.append(seconds)
-        steps = max(len(self.losses), 1)
+        steps = max(len(self.losses) + self.skipped, 1)
         left = (self.total_epochs - cb.cur_epoch_num) * float(np.median(self.epoch_seconds))
+        skipped = f", skipped steps: {self.skipped}" if self.skipped else ""
         log(f"Epoch time: {seconds * 1000:.3f}, per step time: {seconds * 1000 / steps:.3f}, "
-            f"{self.images_per_step * steps / seconds:.1f} img/s, time left: {_hms(left)}")
+            f"{self.images_per_step * steps / seconds:.1f} img/s, time left: {_hms(left)}{skipped}")
         if self.metrics_path:
-            result = getattr(cb, "eval_result", None) or {}
+            result = cb.get("eval_result") or {}
             self._append_row({
                 "epoch": cb.cur_epoch_num, "global_step": self.start_step + cb.cur_step_num,
                 "loss": f"{np.mean(self.losses) if self.losses else math.nan:.6f}",

@@ -65,13 +65,17 @@ def checkpoint_position(params: dict) -> tuple:
     return int(params["epoch_num"].asnumpy()), step
 
 
-def restore_training(path: str, net, optimizer) -> tuple:
-    """Load weights, BN statistics and optimizer state (moments, global_step, LR) from `path`.
-
-    Returns (epochs done, global step)."""
+def restore_training(path: str, net, optimizer, total_steps: int) -> tuple:
+    """Load weights, BN statistics and optimizer state (moments, global_step, LR) from `path`, which must
+    come from a run of `total_steps` steps (one LR per step).  Returns (epoch stored, global step)."""
     params = read_checkpoint(path, "resume checkpoint")
     position = checkpoint_position(params)
-    ms.load_param_into_net(net, fit_to_network(net, params, path, "resume checkpoint"))
+    weights = fit_to_network(net, params, path, "resume checkpoint")
+    saved_steps = params["learning_rate"].size
+    if saved_steps != total_steps:
+        raise UserError(f"resume checkpoint {path} belongs to a run of {saved_steps} steps, this run has "
+                        f"{total_steps}: resume with the same epoch_size, batch_size, data set and device count")
+    ms.load_param_into_net(net, weights)
     ms.load_param_into_net(optimizer, params)
     return position
 

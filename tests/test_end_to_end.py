@@ -99,7 +99,7 @@ def test_resume_continues_steps_lr_and_weights_exactly(trained, tmp_path):
     epoch2 = os.path.join(trained["out"], "ckpt_0", "mobilenet_v1-2_44.ckpt")
     proc = run_script("train.py", *FAST, "--dataset_path", trained["data"], "--epoch_size", 3,
                       "--save_checkpoint_path", out, "--resume", epoch2)
-    assert f"resumed {epoch2}: epoch 2, global step 88" in proc.stdout
+    assert f"resumed {epoch2}: 2 epochs and 0 steps done, global step 88" in proc.stdout
     assert "epoch: 1 step" not in proc.stdout and "epoch: 3 step: 44" in proc.stdout
     rows = read_metrics(out)
     assert [(r["epoch"], r["global_step"]) for r in rows] == [("3", "132")]

@@ -8,8 +8,10 @@ import numpy as np
 from mindspore import log as ms_log
 
 from src.errors import UserError
+from src.model_utils.cli import log, set_log_rank
 
 MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
+COMM_BACKENDS = {"Ascend": "hccl", "GPU": "nccl", "CPU": "mccl"}
 
 
 def target_available(device_target: str) -> bool:
@@ -52,18 +54,24 @@ def set_seed(seed: int) -> None:
 
 
 def init_distributed(config) -> tuple:
-    """With `run_distribute`, join the collective group (HCCL/NCCL/MCCL by target) in data-parallel mode
-    with mean gradients; set `config.device_num` to the group size.  Returns (rank, group size)."""
+    """With `run_distribute`, join the collective group of the target (HCCL on Ascend, NCCL on GPU, MCCL on CPU)
+    in data-parallel mode with mean gradients, set `config.device_num` to the group size and prefix later log
+    lines with the rank; logs the rank's pid (the launch scripts name a failed rank by it).
+    Returns (rank, group size)."""
     if not config.run_distribute:
         return 0, 1
     from mindspore.communication import get_group_size, get_rank, init  # pylint: disable=import-outside-toplevel
+    backend = COMM_BACKENDS[config.device_target]
     try:
-        init()
+        init(backend)
     except RuntimeError as err:
-        raise UserError(f"run_distribute: could not join the {config.device_target} communication group; start "
-                        f"the processes with msrun, mpirun or an Ascend rank table ({str(err).splitlines()[0]})")
+        raise UserError(f"run_distribute: the {backend.upper()} group failed ({str(err).splitlines()[0]}); "
+                        f"start every rank through msrun, mpirun or an Ascend rank table "
+                        f"(scripts/run_distribute_train*.sh)") from err
     rank, group_size = get_rank(), get_group_size()
     config.device_num = group_size
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
                                  device_num=group_size)
+    set_log_rank(rank, group_size)
+    log(f"joined the {backend.upper()} group as rank {rank} of {group_size} (pid {os.getpid()})")
     return rank, group_size

@@ -1,0 +1,212 @@
+# Shared by the scripts/run_*.sh launchers (sourced, not run): argument checks, absolute paths, the config a data
+# set picks, the run folder, and running the job with its log. Environment knobs of every launcher:
+#   CONFIG_PATH=FILE  config instead of the data set's (e.g. mobilenetv3_config.yaml; relative to the current
+#                     folder or to the repository)
+#   FOREGROUND=1      wait for the run, show its log and exit with its status (default: run in the background with
+#                     the output in the log, as the model zoo's scripts do, and print where the log is)
+# Everything after `--` goes to train.py / eval.py unchanged (it comes last, so its keys win).
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SCRIPT="scripts/$(basename "$0")"
+if [ -x "$ROOT/.venv/bin/python" ]; then
+  PYTHON="$ROOT/.venv/bin/python"
+  PATH="$ROOT/.venv/bin:$PATH"  # msrun starts its workers with the `python` found first on PATH
+else
+  PYTHON=python
+fi
+ARGS=()
+EXTRA=()
+DEVICE=()
+PRETRAINED=""
+
+usage() {  # usage [MESSAGE]: the usage line and MESSAGE on stderr, exit 2
+  echo "Usage: bash $SCRIPT $USAGE" >&2
+  if [ $# -gt 0 ]; then echo "ERROR: $*" >&2; fi
+  exit 2
+}
+
+fail() {  # fail MESSAGE: a problem of the machine rather than of the arguments
+  echo "ERROR: $*" >&2
+  exit 1
+}
+
+parse_args() {  # parse_args MIN MAX "$@": ARGS = the arguments before `--` (MIN..MAX of them), EXTRA = those after
+  local min=$1 max=$2
+  shift 2
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --) shift; EXTRA=("$@"); break ;;
+      -h | --help) echo "Usage: bash $SCRIPT $USAGE"; exit 0 ;;
+      *) ARGS+=("$1"); shift ;;
+    esac
+  done
+  if [ ${#ARGS[@]} -lt "$min" ] || [ ${#ARGS[@]} -gt "$max" ]; then
+    usage "expected $min$([ "$min" = "$max" ] || echo " to $max") arguments before '--', got ${#ARGS[@]}"
+  fi
+}
+
+absolute() {  # absolute VAR PATH WHAT: set VAR to the absolute form of PATH, which must exist
+  [ -e "$2" ] || usage "$3 not found: $2"
+  printf -v "$1" '%s' "$(readlink -f -- "$2")"
+}
+
+check_number() {  # check_number VALUE WHAT [MIN]
+  [[ $1 =~ ^[0-9]+$ ]] && [ "$1" -ge "${3:-0}" ] || usage "$2 must be an integer >= ${3:-0}, got '$1'"
+}
+
+pick_config() {  # pick_config DATASET IMAGENET_CONFIG: set DATASET and CONFIG (CONFIG_PATH overrides the choice)
+  case $1 in
+    cifar10) CONFIG="$ROOT/default_config.yaml" ;;
+    imagenet2012) CONFIG="$ROOT/$2" ;;
+    *) usage "the data set must be cifar10 or imagenet2012, got '$1'" ;;
+  esac
+  DATASET=$1
+  if [ -n "${CONFIG_PATH:-}" ]; then
+    if [ ! -e "$CONFIG_PATH" ] && [ -e "$ROOT/$CONFIG_PATH" ]; then CONFIG_PATH="$ROOT/$CONFIG_PATH"; fi
+    absolute CONFIG "$CONFIG_PATH" "CONFIG_PATH"
+  fi
+}
+
+data_and_pretrained() {  # data_and_pretrained DATASET_PATH [PRETRAINED]: set DATA_PATH and PRETRAINED (absolute)
+  absolute DATA_PATH "$1" "DATASET_PATH"
+  if [ -n "${2:-}" ]; then absolute PRETRAINED "$2" "PRETRAINED checkpoint"; fi
+}
+
+device_args() {  # device_args TARGET DEVICE_ID: DEVICE = (--device_id DEVICE_ID), DEVICE_ID exported; none on CPU
+  if [ "$1" != CPU ]; then
+    check_number "$2" DEVICE_ID
+    export DEVICE_ID=$2
+    DEVICE=(--device_id "$DEVICE_ID")
+  fi
+}
+
+enter_run_dir() {  # enter_run_dir NAME: make <current folder>/NAME the run folder RUN_DIR and go there
+  RUN_DIR="$PWD/$1"
+  mkdir -p "$RUN_DIR"
+  cd "$RUN_DIR"
+}
+
+train_command() {  # train_command TARGET [ARG...]: CMD = train.py and its arguments (outputs in RUN_DIR)
+  CMD=("$ROOT/train.py" --config_path "$CONFIG" --dataset "$DATASET" --dataset_path "$DATA_PATH"
+       --device_target "$1" --save_checkpoint_path "$RUN_DIR" "${@:2}")
+  if [ -n "$PRETRAINED" ]; then CMD+=(--pre_trained "$PRETRAINED"); fi
+  CMD+=("${EXTRA[@]}")
+}
+
+describe_exit() {  # describe_exit CODE: "exit status N", or "killed by signal N" for CODE < 0 (Python) or > 128 (shell)
+  if [ "$1" -lt 0 ]; then
+    echo "killed by signal $((-$1))"
+  elif [ "$1" -gt 128 ]; then
+    echo "killed by signal $(($1 - 128))"
+  else
+    echo "exit status $1"
+  fi
+}
+
+kill_tree() {  # kill_tree SIGNAL PID: PID and all its descendants
+  local child
+  for child in $(ps -o pid= --ppid "$2" 2> /dev/null); do kill_tree "$1" "$child"; done
+  kill "-$1" "$2" 2> /dev/null || true
+}
+
+launch() {  # launch LOG COMMAND...: run COMMAND (a program or a function) with its output in LOG
+  local log=$1 job status=0
+  shift
+  : > "$log"
+  "$@" > "$log" 2>&1 &
+  job=$!
+  if [ "${FOREGROUND:-0}" != 1 ]; then
+    echo "started in the background (pid $job); log: $log"
+    return 0
+  fi
+  echo "log: $log"
+  trap 'kill_tree TERM "$job"; wait "$job"; exit 130' INT TERM
+  tail -n +1 -f --pid="$job" "$log"
+  wait "$job" || status=$?
+  trap - INT TERM
+  if [ "$status" -ne 0 ]; then echo "ERROR: the run failed ($(describe_exit "$status")); log: $log" >&2; fi
+  return "$status"
+}
+
+standalone_train() {  # standalone_train TARGET RUN_FOLDER IMAGENET_CONFIG "$@": one training process
+  local ids=0
+  if [ "$1" != CPU ]; then ids=1; fi
+  USAGE="[cifar10|imagenet2012] DATASET_PATH$([ $ids = 0 ] || echo " DEVICE_ID") [PRETRAINED] [-- TRAIN_ARGS...]"
+  parse_args $((2 + ids)) $((3 + ids)) "${@:4}"
+  pick_config "${ARGS[0]}" "$3"
+  device_args "$1" "${ARGS[2]:-}"
+  data_and_pretrained "${ARGS[1]}" "${ARGS[2 + ids]:-}"
+  enter_run_dir "$2"
+  train_command "$1" "${DEVICE[@]}"
+  launch "$RUN_DIR/log" "$PYTHON" "${CMD[@]}"
+}
+
+evaluate() {  # evaluate TARGET IMAGENET_CONFIG "$@": eval.py in ./eval
+  local ids=0 checkpoint
+  if [ "$1" != CPU ]; then ids=1; fi
+  USAGE="[cifar10|imagenet2012] DATASET_PATH CHECKPOINT_PATH$([ $ids = 0 ] || echo " DEVICE_ID") [-- EVAL_ARGS...]"
+  parse_args $((3 + ids)) $((3 + ids)) "${@:3}"
+  pick_config "${ARGS[0]}" "$2"
+  device_args "$1" "${ARGS[3]:-}"
+  absolute DATA_PATH "${ARGS[1]}" DATASET_PATH
+  absolute checkpoint "${ARGS[2]}" CHECKPOINT_PATH
+  enter_run_dir eval
+  CMD=("$ROOT/eval.py" --config_path "$CONFIG" --dataset "$DATASET" --dataset_path "$DATA_PATH"
+       --device_target "$1" --checkpoint_path "$checkpoint" "${DEVICE[@]}" "${EXTRA[@]}")
+  launch "$RUN_DIR/log" "$PYTHON" "${CMD[@]}"
+}
+
+report_failed_rank() {  # report_failed_rank LOG: name the rank whose exit (reported by msrun in LOG) ended the job
+  local line pid code rank_line
+  line=$(grep -a -o -E "Worker process [0-9]+ exit with exception. Error code: -?[0-9]+" "$1" | head -n 1) || true
+  if [[ ! $line =~ process\ ([0-9]+).*code:\ (-?[0-9]+) ]]; then
+    echo "ERROR: msrun failed before any worker did; see $1 and $RUN_DIR/scheduler.log" >&2
+    return
+  fi
+  pid=${BASH_REMATCH[1]}
+  code=${BASH_REMATCH[2]}
+  rank_line=$(grep -a -h -o -E "as rank [0-9]+ of [0-9]+ \(pid $pid\)" "$RUN_DIR"/worker_*.log | head -n 1) || true
+  if [[ $rank_line =~ rank\ ([0-9]+) ]]; then
+    echo "ERROR: rank ${BASH_REMATCH[1]} (pid $pid) failed: $(describe_exit "$code"); its log:" \
+      "$RUN_DIR/worker_${BASH_REMATCH[1]}.log; msrun stopped the other ranks" >&2
+  else
+    echo "ERROR: a worker (pid $pid) failed before joining the group: $(describe_exit "$code");" \
+      "worker logs: $RUN_DIR/worker_*.log" >&2
+    grep -a -h "ERROR:" "$RUN_DIR"/worker_*.log | sort -u | head -n 3 >&2 || true
+  fi
+}
+
+msrun_job() {  # msrun_job WORKERS LOG [train.py and its arguments]: msrun, then name the rank that failed
+  local workers=$1 log=$2 status=0
+  shift 2
+  msrun --worker_num="$workers" --local_worker_num="$workers" --master_port="$MASTER_PORT" --log_dir="$RUN_DIR" \
+    --join=True --cluster_time_out="${CLUSTER_TIMEOUT:-600}" "$@" || status=$?
+  if [ "$status" -ne 0 ]; then report_failed_rank "$log"; fi
+  return "$status"
+}
+
+free_port() {
+  "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])'
+}
+
+data_parallel_train() {  # data_parallel_train TARGET WORKERS: train.py on WORKERS local ranks in ./train_parallel
+  local launcher=${LAUNCHER:-msrun} log root_flag=()
+  case $launcher in
+    msrun | mpirun) ;;
+    *) usage "LAUNCHER must be msrun or mpirun, got '$launcher'" ;;
+  esac
+  command -v "$launcher" > /dev/null || fail "LAUNCHER=$launcher is not installed (msrun comes with MindSpore:" \
+    "bash scripts/setup_env.sh; mpirun with Open MPI)"
+  enter_run_dir train_parallel
+  log="$RUN_DIR/log.txt"
+  train_command "$1" --run_distribute True "${@:3}"
+  if [ "$launcher" = msrun ]; then
+    MASTER_PORT=${MASTER_PORT:-$(free_port)}
+    echo "msrun: $2 ranks, master port $MASTER_PORT; rank logs: $RUN_DIR/worker_<rank>.log"
+    launch "$log" msrun_job "$2" "$log" "${CMD[@]}"
+  else
+    if [ "$(id -u)" = 0 ]; then root_flag=(--allow-run-as-root); fi
+    launch "$log" mpirun -n "$2" "${root_flag[@]}" --output-filename "$RUN_DIR/log_output" \
+      --merge-stderr-to-stdout "$PYTHON" "${CMD[@]}"
+  fi
+}

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# GPU, one device:
+#   bash scripts/run_standalone_train_gpu.sh [cifar10|imagenet2012] DATASET_PATH DEVICE_ID [PRETRAINED]
+#     [-- TRAIN_ARGS...]
+# Run folder ./train_gpu (log, config.yaml, metrics.csv, ckpt_0/); knobs (CONFIG_PATH, FOREGROUND) in scripts/common.sh.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+standalone_train GPU train_gpu default_config_gpu_imagenet.yaml "$@"
