@@ -8,6 +8,7 @@ import os
 import mindspore as ms
 import mindspore.nn as nn
 import numpy as np
+from mindspore.onnx import export as export_onnx
 
 from src.checkpoint import load_weights
 from src.errors import UserError
@@ -15,6 +16,7 @@ from src.model_utils.cli import log, run
 from src.model_utils.config import get_config
 from src.model_utils.device import setup_device, target_available
 from src.models import create_model
+from src.models.layers import use_portable_ops
 
 EXTENSIONS = {"MINDIR": ".mindir", "AIR": ".air", "ONNX": ".onnx"}
 
@@ -44,6 +46,8 @@ def main():
     net = create_model(config.model, config.class_num, config.width_mult, config.dropout)
     load_weights(net, checkpoint, "ckpt_file")
     net.set_train(False)
+    if config.file_format == "ONNX":  # the same mathematics from operators ONNX supports
+        use_portable_ops(net)
     batch = config.batch_size if "batch_size" in config.cli_keys else 1
     height, width = config.height or config.image_size, config.width or config.image_size
     inputs = np.random.default_rng(0).standard_normal((batch, 3, height, width)).astype(np.float32)
@@ -54,7 +58,11 @@ def main():
         raise UserError(f"file_name '{config.file_name}': cannot create folder {folder}: {err.strerror}") from err
     if not os.access(folder, os.W_OK):
         raise UserError(f"file_name '{config.file_name}': folder {folder} is not writable")
-    ms.export(net, ms.Tensor(inputs), file_name=config.file_name, file_format=config.file_format)
+    if config.file_format == "ONNX":
+        export_onnx(net, ms.Tensor(inputs), file_name=config.file_name, input_names=["image"],
+                    output_names=["logits"])
+    else:
+        ms.export(net, ms.Tensor(inputs), file_name=config.file_name, file_format=config.file_format)
     path = config.file_name + EXTENSIONS[config.file_format]
     log(f"exported {path} ({config.file_format}, input {batch}x3x{height}x{width}, from {checkpoint})")
     reloaded = reload_output(path, config.file_format, inputs)

@@ -110,7 +110,7 @@ kill_tree() {  # kill_tree SIGNAL PID: PID and all its descendants
 }
 
 launch() {  # launch LOG COMMAND...: run COMMAND (a program or a function) with its output in LOG
-  local log=$1 job status=0
+  local log=$1 job viewer status=0
   shift
   : > "$log"
   "$@" > "$log" 2>&1 &
@@ -120,9 +120,13 @@ launch() {  # launch LOG COMMAND...: run COMMAND (a program or a function) with 
     return 0
   fi
   echo "log: $log"
-  trap 'kill_tree TERM "$job"; wait "$job"; exit 130' INT TERM
-  tail -n +1 -f --pid="$job" "$log"
+  tail -n +1 -f --pid="$job" "$log" &
+  viewer=$!
+  # `wait` (unlike a foreground command) lets a signal in at once. SIGINT stops the whole run: train.py stops at
+  # the end of its step, msrun kills its workers.
+  trap 'kill_tree INT "$job"; wait "$job" "$viewer"; exit 130' INT TERM
   wait "$job" || status=$?
+  wait "$viewer"
   trap - INT TERM
   if [ "$status" -ne 0 ]; then echo "ERROR: the run failed ($(describe_exit "$status")); log: $log" >&2; fi
   return "$status"
@@ -199,7 +203,7 @@ data_parallel_train() {  # data_parallel_train TARGET WORKERS: train.py on WORKE
     "bash scripts/setup_env.sh; mpirun with Open MPI)"
   enter_run_dir train_parallel
   log="$RUN_DIR/log.txt"
-  train_command "$1" --run_distribute True "${@:3}"
+  train_command "$1" --run_distribute True
   if [ "$launcher" = msrun ]; then
     MASTER_PORT=${MASTER_PORT:-$(free_port)}
     echo "msrun: $2 ranks, master port $MASTER_PORT; rank logs: $RUN_DIR/worker_<rank>.log"

@@ -50,7 +50,7 @@ wait_ranks() {  # wait for the ranks in RANK_PIDS; the first that fails stops th
       if [ "$status" -ne 0 ]; then
         echo "ERROR: rank $rank failed: $(describe_exit "$status"); its log: $PWD/train_parallel$rank/log;" \
           "stopping the other ranks" >&2
-        for other in "${RANK_PIDS[@]}"; do kill_tree TERM "$other"; done
+        for other in "${RANK_PIDS[@]}"; do kill_tree KILL "$other"; done  # they would wait for it in a collective
         wait
         return "$status"
       fi

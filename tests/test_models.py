@@ -6,7 +6,7 @@ import pytest
 
 from src.errors import UserError
 from src.models import count_macs, count_params, create_model
-from src.models.layers import Dropout, HSwish
+from src.models.layers import Dropout, HSwish, use_portable_ops
 from src.models.mobilenet_v3 import InvertedResidual, SqueezeExcite
 
 # DESIGN.md section 3: trainable parameters (1000 classes) and MACs at 224x224
@@ -157,3 +157,25 @@ def test_dropout_is_reproducible_and_drops_the_right_share():
     assert np.array_equal(again(x).asnumpy(), first)  # same seed and call count: same mask
     drop.set_train(False)
     assert np.array_equal(drop(x).asnumpy(), x.asnumpy())
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "mobilenet_v3_large"])
+def test_fast_ops_match_portable_form(name):
+    """The speed-ups (fused h-swish / h-sigmoid, pooling as avg_pool2d) leave logits and the training loss
+    sequence unchanged."""
+    ms.set_seed(5)
+    fused = create_model(name, class_num=10, dropout=0.0)
+    primitive = use_portable_ops(create_model(name, class_num=10, dropout=0.0))
+    ms.load_param_into_net(primitive, {p.name: p.clone() for p in fused.get_parameters()})
+    images = ms.Tensor(np.random.default_rng(2).standard_normal((4, 3, 64, 64)).astype(np.float32) * 3)
+    labels = ms.Tensor(np.array([1, 3, 5, 7], np.int32))
+    for net in (fused, primitive):
+        net.set_train(False)
+    assert np.abs(fused(images).asnumpy() - primitive(images).asnumpy()).max() < 1e-5
+    sequences = []
+    for net in (fused, primitive):
+        net.set_train(True)
+        loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+        step = nn.TrainOneStepCell(nn.WithLossCell(net, loss_fn), nn.Momentum(net.trainable_params(), 0.05, 0.9))
+        sequences.append([float(step(images, labels).asnumpy()) for _ in range(4)])
+    assert np.allclose(sequences[0], sequences[1], rtol=0, atol=1e-5), sequences

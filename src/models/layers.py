@@ -18,17 +18,42 @@ def make_divisible(value: float, divisor: int = 8, min_value: int = None) -> int
 
 
 class HSigmoid(nn.Cell):
-    """relu6(x + 3) / 6, written from primitives so that it exports to ONNX."""
+    """relu6(x + 3) / 6: MindSpore's fused kernel (faster on CPU), or with `portable` set (see
+    `use_portable_ops`) the same formula from primitives, which ONNX export understands."""
+
+    def __init__(self):
+        super().__init__()
+        self.fused = nn.HSigmoid()
+        self.portable = False
 
     def construct(self, x):
-        return ops.relu6(x + 3.0) / 6.0
+        if self.portable:
+            return ops.relu6(x + 3.0) / 6.0
+        return self.fused(x)
 
 
 class HSwish(nn.Cell):
-    """x * relu6(x + 3) / 6, written from primitives so that it exports to ONNX."""
+    """x * relu6(x + 3) / 6: MindSpore's fused kernel (faster on CPU), or with `portable` set (see
+    `use_portable_ops`) the same formula from primitives, which ONNX export understands."""
+
+    def __init__(self):
+        super().__init__()
+        self.fused = nn.HSwish()
+        self.portable = False
 
     def construct(self, x):
-        return x * ops.relu6(x + 3.0) / 6.0
+        if self.portable:
+            return x * ops.relu6(x + 3.0) / 6.0
+        return self.fused(x)
+
+
+def use_portable_ops(net: nn.Cell) -> nn.Cell:
+    """Switch every layer of `net` that has a faster CPU form (h-swish, h-sigmoid, global pooling) to its
+    portable form: the same mathematics from operators that ONNX export supports.  Returns `net`."""
+    for _, cell in net.cells_and_names():
+        if hasattr(cell, "portable"):
+            cell.portable = True
+    return net
 
 
 ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hswish": HSwish, "hsigmoid": HSigmoid}
@@ -48,10 +73,20 @@ def conv_bn_act(in_channels: int, out_channels: int, kernel_size: int = 1, strid
 
 
 class GlobalAvgPool(nn.Cell):
-    """Mean over height and width, keeping (N, C)."""
+    """Mean over height and width: (N, C), or (N, C, 1, 1) with `keep_dims`.  An average pool over the whole
+    map (faster backward on CPU than a mean: no Tile / ReduceSum), or with `portable` set (see
+    `use_portable_ops`) `ops.mean`, which ONNX export supports."""
+
+    def __init__(self, keep_dims: bool = False):
+        super().__init__()
+        self.keep_dims = keep_dims
+        self.portable = False
 
     def construct(self, x):
-        return ops.mean(x, axis=(2, 3))
+        if self.portable:
+            return ops.mean(x, axis=(2, 3), keep_dims=self.keep_dims)
+        pooled = ops.avg_pool2d(x, kernel_size=(x.shape[2], x.shape[3]))
+        return pooled if self.keep_dims else pooled.reshape(x.shape[0], x.shape[1])
 
 
 class Dropout(nn.Cell):

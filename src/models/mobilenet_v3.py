@@ -5,7 +5,6 @@ Channel rounding follows the TF reference: outputs `make_divisible(c * w)`, expa
 ratio of the 1.0 table is kept at every width.
 """
 import mindspore.nn as nn
-import mindspore.ops as ops
 from mindspore.common.initializer import HeNormal, Normal, initializer
 
 from src.models.layers import ACTIVATIONS, GlobalAvgPool, conv_bn_act, make_divisible, make_dropout
@@ -57,10 +56,10 @@ class SqueezeExcite(nn.Cell):
         self.relu = nn.ReLU()
         self.expand = nn.Conv2d(squeeze, channels, 1, has_bias=True)
         self.gate = ACTIVATIONS["hsigmoid"]()
+        self.pool = GlobalAvgPool(keep_dims=True)
 
     def construct(self, x):
-        scale = ops.mean(x, axis=(2, 3), keep_dims=True)
-        return x * self.gate(self.expand(self.relu(self.reduce(scale))))
+        return x * self.gate(self.expand(self.relu(self.reduce(self.pool(x)))))
 
 
 class InvertedResidual(nn.Cell):

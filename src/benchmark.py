@@ -1,0 +1,241 @@
+"""Speed and memory benchmark: python -m src.benchmark [--models ...] [--compare torch] [--output FILE.json]
+
+For each model: graph compile time, training ms/step and img/s (forward + backward + optimizer, steady state,
+fixed batch), training img/s fed by the real JPEG pipeline, inference img/s, parameters, MACs, achieved
+GMAC/s (training counts 3x the forward MACs), and peak resident memory; plus the training data pipelines'
+img/s (CIFAR binary and JPEG folder, decode + augment, no model).  Every timing is the median of `--repeats`
+runs of `--steps` steps.  Each model runs in a fresh process so that its memory peak and compile time are its
+own.  `--compare torch` measures the same architectures in PyTorch eager (torchvision's MobileNetV3; V1 from
+the same table) with the same threads, batch and resolution, in the same command, and prints our/their ratios.
+"""
+import argparse
+import csv
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from src.errors import UserError
+from src.model_utils.cli import log, run
+
+ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TORCH_PEER = os.path.join(ROOT_DIR, "scripts", "torch_peer.py")
+MODEL_FIELDS = ("model", "width_mult", "batch_size", "image_size", "threads", "params", "macs_m", "compile_s",
+                "train_ms_per_step", "train_img_s", "train_gmac_s", "train_data_img_s", "infer_img_s",
+                "infer_gmac_s", "peak_rss_mb")
+PEER_FIELDS = ("torch_train_img_s", "torch_infer_img_s", "train_ratio", "infer_ratio")
+
+
+def _median_rate(run_steps, steps: int, repeats: int, batch: int) -> float:
+    """Median images/s of `repeats` timings of `run_steps(steps)`."""
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run_steps(steps)
+        rates.append(steps * batch / (time.perf_counter() - start))
+    return float(np.median(rates))
+
+
+def measure_model(args, name: str, width: float, data_root: str) -> dict:
+    """All model figures, measured in this process (called in a fresh worker process)."""
+    import mindspore as ms  # pylint: disable=import-outside-toplevel
+    import mindspore.nn as nn  # pylint: disable=import-outside-toplevel
+    from src.dataset import create_dataset  # pylint: disable=import-outside-toplevel
+    from src.loss import CrossEntropySmooth  # pylint: disable=import-outside-toplevel
+    from src.model_utils.config import get_config  # pylint: disable=import-outside-toplevel
+    from src.model_utils.device import setup_device  # pylint: disable=import-outside-toplevel
+    from src.models import count_macs, count_params, create_model  # pylint: disable=import-outside-toplevel
+    from src.optimizer import create_optimizer  # pylint: disable=import-outside-toplevel
+
+    config = get_config([], overrides={
+        "model": name, "width_mult": width, "image_size": args.image_size,
+        "batch_size": args.batch_size, "runtime_num_threads": args.threads, "dataset": "imagenet2012",
+        "dataset_path": os.path.join(data_root, "imagefolder"), "class_num": 10, "seed": 1})
+    setup_device(config)
+    reference = create_model(name, class_num=1000, width_mult=width)
+    row = {"model": name, "width_mult": width, "batch_size": args.batch_size, "image_size": args.image_size,
+           "threads": args.threads or os.cpu_count(), "params": count_params(reference),
+           "macs_m": round(count_macs(reference, args.image_size) / 1e6, 2)}
+    net = create_model(name, class_num=10, width_mult=width)
+    train_step = nn.TrainOneStepCell(nn.WithLossCell(net, CrossEntropySmooth(10)),
+                                     create_optimizer(net, 0.01, "momentum", 0.9, 1e-4))
+    train_step.set_train(True)
+    rng = np.random.default_rng(0)
+    images = ms.Tensor(rng.standard_normal((args.batch_size, 3, args.image_size, args.image_size), np.float32))
+    labels = ms.Tensor(rng.integers(0, 10, args.batch_size).astype(np.int32))
+
+    def train_steps(steps):
+        for _ in range(steps):
+            loss = train_step(images, labels)
+        loss.asnumpy()
+
+    start = time.perf_counter()
+    train_steps(1)
+    row["compile_s"] = round(time.perf_counter() - start, 2)
+    train_steps(args.warmup)
+    rate = _median_rate(train_steps, args.steps, args.repeats, args.batch_size)
+    row["train_img_s"] = round(rate, 2)
+    row["train_ms_per_step"] = round(1000 * args.batch_size / rate, 1)
+    row["train_gmac_s"] = round(3 * row["macs_m"] * rate / 1000, 2)
+
+    data = create_dataset(config, do_train=True)
+    batches = data.create_tuple_iterator(num_epochs=-1)
+
+    def fed_steps(steps):
+        for _ in range(steps):
+            image, label = next(batches)
+            loss = train_step(image, label)
+        loss.asnumpy()
+
+    fed_steps(args.warmup)
+    row["train_data_img_s"] = round(_median_rate(fed_steps, args.steps, args.repeats, args.batch_size), 2)
+
+    net.set_train(False)
+
+    def infer_steps(steps):
+        for _ in range(steps):
+            out = net(images)
+        out.asnumpy()
+
+    infer_steps(1 + args.warmup)
+    rate = _median_rate(infer_steps, args.steps, args.repeats, args.batch_size)
+    row["infer_img_s"] = round(rate, 2)
+    row["infer_gmac_s"] = round(row["macs_m"] * rate / 1000, 2)
+    row["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return row
+
+
+def measure_pipelines(args, data_root: str) -> dict:
+    """Training pipelines alone (decode + augment + batch): CIFAR binary at 32 and JPEG folder at image_size."""
+    from src.dataset import create_dataset  # pylint: disable=import-outside-toplevel
+    from src.model_utils.config import get_config  # pylint: disable=import-outside-toplevel
+
+    rates = {}
+    for key, dataset, path, size in (
+            ("cifar_pipeline_img_s", "cifar10", os.path.join(data_root, "cifar10", "cifar-10-batches-bin"), 32),
+            ("jpeg_pipeline_img_s", "imagenet2012", os.path.join(data_root, "imagefolder"), args.image_size)):
+        config = get_config([], overrides={"dataset": dataset, "dataset_path": path, "image_size": size,
+                                           "batch_size": args.batch_size, "class_num": 10})
+        batches = create_dataset(config, do_train=True).create_tuple_iterator(num_epochs=-1, output_numpy=True)
+
+        def take(steps, batches=batches):
+            for _ in range(steps):
+                next(batches)
+
+        take(args.warmup)
+        rates[key] = round(_median_rate(take, max(args.steps, 20), args.repeats, args.batch_size), 1)
+    return rates
+
+
+def _worker(args) -> None:
+    """Measure one item in this (fresh) process and print it as JSON on the last line."""
+    if args.worker == "pipelines":
+        result = measure_pipelines(args, args.data_root)
+    else:
+        name, width = args.worker.split(":")
+        result = measure_model(args, name, float(width), args.data_root)
+    print(json.dumps(result))
+
+
+def _run_json(cmd: list, what: str) -> dict:
+    proc = subprocess.run(cmd, cwd=ROOT_DIR, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise UserError(f"benchmark of {what} failed (exit {proc.returncode}): "
+                        f"{(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _common_args(args) -> list:
+    return ["--batch_size", str(args.batch_size), "--image_size", str(args.image_size), "--steps", str(args.steps),
+            "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--threads", str(args.threads)]
+
+
+def torch_python(args) -> str:
+    """The interpreter that has torch and torchvision, or "" when none is found."""
+    for candidate in (args.torch_python, os.environ.get("TORCH_PYTHON", ""), sys.executable):
+        if candidate and subprocess.run([candidate, "-c", "import torch, torchvision"], capture_output=True,
+                                        check=False).returncode == 0:
+            return candidate
+    return ""
+
+
+def print_table(rows: list, pipelines: dict) -> None:
+    fields = [f for f in MODEL_FIELDS + PEER_FIELDS if any(f in row for row in rows)]
+    widths = {f: max(len(f), *(len(str(row.get(f, ""))) for row in rows)) for f in fields}
+    log("  ".join(f.rjust(widths[f]) for f in fields))
+    for row in rows:
+        log("  ".join(str(row.get(f, "")).rjust(widths[f]) for f in fields))
+    log("  ".join(f"{key}: {value}" for key, value in pipelines.items()))
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="mobilenet_v1:1.0,mobilenet_v1:0.25,mobilenet_v3_small:1.0,"
+                                              "mobilenet_v3_large:1.0", help="comma-separated name:width list")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads; 0 = all cores")
+    parser.add_argument("--compare", choices=("torch",), help="also measure PyTorch eager peers")
+    parser.add_argument("--torch_python", default="", help="python with torch + torchvision (or $TORCH_PYTHON)")
+    parser.add_argument("--output", default="benchmark.json", help="JSON file; a .csv beside it too")
+    parser.add_argument("--data_root", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    for key in ("batch_size", "steps", "repeats"):
+        if getattr(args, key) < 1:
+            raise UserError(f"--{key} must be >= 1; got {getattr(args, key)}")
+    if args.image_size < 32:
+        raise UserError(f"--image_size must be >= 32; got {args.image_size}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker:
+        _worker(args)
+        return 0
+    models = [item.split(":") if ":" in item else (item, "1.0") for item in args.models.split(",") if item]
+    peer = torch_python(args) if args.compare == "torch" else ""
+    if args.compare == "torch" and not peer:
+        log("--compare torch: torch and torchvision are not installed (set --torch_python or $TORCH_PYTHON to an "
+            "interpreter that has them); skipping the comparison")
+    with tempfile.TemporaryDirectory() as data_root:
+        from src.demo_data import write_demo_data  # pylint: disable=import-outside-toplevel
+        write_demo_data(data_root)
+        me = [sys.executable, "-m", "src.benchmark", "--data_root", data_root, *_common_args(args)]
+        pipelines = _run_json(me + ["--worker", "pipelines"], "the data pipelines")
+        rows = []
+        for name, width in models:
+            log(f"measuring {name} x{width} ...")
+            row = _run_json(me + ["--worker", f"{name}:{width}"], f"{name} x{width}")
+            if peer:
+                theirs = _run_json([peer, TORCH_PEER, "--model", name, "--width_mult", width, *_common_args(args)],
+                                   f"torch {name}")
+                row.update({"torch_train_img_s": theirs["train_img_s"], "torch_infer_img_s": theirs["infer_img_s"],
+                            "train_ratio": round(row["train_img_s"] / theirs["train_img_s"], 2),
+                            "infer_ratio": round(row["infer_img_s"] / theirs["infer_img_s"], 2)})
+            rows.append(row)
+    print_table(rows, pipelines)
+    result = {"models": rows, "pipelines": pipelines, "torch_python": peer}
+    folder = os.path.dirname(os.path.abspath(args.output))
+    os.makedirs(folder, exist_ok=True)
+    with open(args.output, "w", encoding="utf-8") as out:
+        json.dump(result, out, indent=2)
+    with open(os.path.splitext(args.output)[0] + ".csv", "w", newline="", encoding="utf-8") as out:
+        writer = csv.DictWriter(out, fieldnames=list(MODEL_FIELDS + PEER_FIELDS) + list(pipelines))
+        writer.writeheader()
+        writer.writerows({**row, **pipelines} for row in rows)
+    log(f"wrote {args.output} and {os.path.splitext(args.output)[0]}.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)
