@@ -10,7 +10,7 @@ from src.dataset import create_dataset, describe_pipeline_error
 from src.errors import UserError
 from src.loss import CrossEntropySmooth
 from src.lr_generator import get_lr
-from src.model_utils.cli import log, run, set_log_rank
+from src.model_utils.cli import log, run
 from src.model_utils.config import get_config
 from src.model_utils.device import init_distributed, setup_device
 from src.models import create_model
@@ -51,7 +51,6 @@ def main():
     config = get_config(description=__doc__)
     setup_device(config)
     rank, group_size = init_distributed(config)
-    set_log_rank(rank, group_size)
     writer = rank == 0
     ckpt_dir = prepare_output(config.save_checkpoint_path, writer)
     log(f"effective config ({config.source}):\n{config}")
@@ -118,7 +117,7 @@ def main():
         saved = f"saved {stop.saved}" if stop.saved else "no checkpoint written by this rank"
         log(f"stopped by {stop.signal_name}: {saved}; resume with the same command plus --resume auto")
         return 128 + getattr(signal, stop.signal_name)
-    log(f"training finished; checkpoints in {ckpt_dir}")
+    log(f"training finished; checkpoints in {ckpt_dir}" if writer else "training finished")
     return 0
 
 

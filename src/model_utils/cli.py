@@ -13,7 +13,7 @@ def set_log_rank(rank: int, group_size: int) -> None:
 
 def log(message: str) -> None:
     """Print a log line (flushed, so logs of killed runs are complete)."""
-    print(f"{_RANK_PREFIX[0]}{message}", flush=True)
+    print("\n".join(_RANK_PREFIX[0] + line for line in message.split("\n")), flush=True)
 
 
 def warn(message: str) -> None:

@@ -35,7 +35,7 @@ def setup_device(config) -> None:
     if config.mode not in MODES:
         raise UserError(f"mode must be one of {', '.join(MODES)}; got {config.mode!r}")
     ms.set_context(mode=MODES[config.mode])
-    ms.set_device(target, config.device_id)
+    ms.set_device(target, _device_id(config))
     if target == "CPU":
         threads = config.runtime_num_threads or os.cpu_count() or 1
         try:
@@ -43,6 +43,15 @@ def setup_device(config) -> None:
         except RuntimeError:  # already set in this process (it can be set only once)
             pass
     set_seed(config.seed)
+
+
+def _device_id(config):
+    """The configured device id; a distributed rank started without --device_id takes its launcher's
+    (msrun assigns one when given None; mpirun exports OMPI_COMM_WORLD_LOCAL_RANK)."""
+    if not config.run_distribute or "device_id" in config.cli_keys:
+        return config.device_id
+    local_rank = os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK")
+    return int(local_rank) if local_rank is not None else None
 
 
 def set_seed(seed: int) -> None:
