@@ -158,8 +158,8 @@ def _common_args(args) -> list:
 def torch_python(args) -> str:
     """The interpreter that has torch and torchvision, or "" when none is found."""
     for candidate in (args.torch_python, os.environ.get("TORCH_PYTHON", ""), sys.executable):
-        if candidate and subprocess.run([candidate, "-c", "import torch, torchvision"], capture_output=True,
-                                        check=False).returncode == 0:
+        if candidate and os.access(candidate, os.X_OK) and subprocess.run(
+                [candidate, "-c", "import torch, torchvision"], capture_output=True, check=False).returncode == 0:
             return candidate
     return ""
 

@@ -1,7 +1,7 @@
 """Optimizer factory with weight decay on convolution and dense weights only."""
 import mindspore as ms
 import numpy as np
-from mindspore import nn
+from mindspore import nn, ops
 
 from src.errors import UserError
 
@@ -40,5 +40,24 @@ def create_optimizer(net, learning_rate, optimizer="momentum", momentum=0.9, wei
     groups.append({"order_params": net.trainable_params()})
     if optimizer == "momentum":
         return nn.Momentum(groups, learning_rate, momentum=float(momentum), loss_scale=float(loss_scale))
-    return nn.RMSProp(groups, learning_rate, decay=float(rmsprop_decay), momentum=float(momentum),
-                      epsilon=float(rmsprop_epsilon), loss_scale=float(loss_scale))
+    return ExactRMSProp(groups, learning_rate, decay=float(rmsprop_decay), momentum=float(momentum),
+                        epsilon=float(rmsprop_epsilon), loss_scale=float(loss_scale))
+
+
+def _apply_rmsprop(weight, mean_square, moment, learning_rate, grad, decay, momentum, epsilon):
+    """ApplyRMSProp's update from elementwise ops: ms = decay * ms + (1 - decay) * g^2,
+    mom = momentum * mom + lr * g / sqrt(ms + eps), w = w - mom."""
+    new_mean_square = decay * mean_square + (1.0 - decay) * grad * grad
+    new_moment = momentum * moment + learning_rate * grad / ops.sqrt(new_mean_square + epsilon)
+    return ops.depend(ops.assign_sub(weight, new_moment),
+                      (ops.assign(mean_square, new_mean_square), ops.assign(moment, new_moment)))
+
+
+class ExactRMSProp(nn.RMSProp):
+    """`nn.RMSProp` (same parameters, state names and checkpoints) with the update written from elementwise
+    ops: MindSpore's CPU ApplyRMSProp kernel is approximate (about 5e-4 relative error) and its results
+    change from run to run, which breaks reproducible training and exact resume."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.opt = _apply_rmsprop
