@@ -37,9 +37,15 @@ class CheckpointSaver(Callback):
         self.start_step = start_step
 
     def save(self, cb) -> str:
-        """Save now (at the end of the current step); returns the file written."""
+        """Save now (at the end of the current step); returns the file written.  Weights that are no longer
+        finite are never saved: the run stops with a `UserError` and the checkpoints before stay."""
         global_step = self.start_step + cb.cur_step_num
         step_in_epoch = (global_step - 1) % cb.batch_num + 1
+        for param in cb.train_network.trainable_params():
+            if not np.isfinite(param.asnumpy()).all():
+                raise UserError(f"parameter {param.name} is not finite at epoch {cb.cur_epoch_num} step "
+                                f"{step_in_epoch} (global step {global_step}): training diverged and was stopped "
+                                f"without saving; checkpoints already saved are kept; lower lr_max")
         path = os.path.join(self.directory, f"{self.prefix}-{cb.cur_epoch_num}_{step_in_epoch}.ckpt")
         save_checkpoint(cb.train_network, path, {"epoch_num": cb.cur_epoch_num, "step_num": global_step})
         for old in training_checkpoints(self.directory, self.prefix)[self.keep:]:
