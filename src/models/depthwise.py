@@ -1,0 +1,113 @@
+"""Depthwise convolution as a C++ CPU kernel (MindSpore AOT custom ops), much faster on CPU than the built-in
+grouped convolution.  The kernel library is compiled from depthwise_kernel.cc with g++ on first use and cached
+(see `kernel_library`); without it, or off CPU, or with `portable` set, the built-in convolution runs."""
+import hashlib
+import logging
+import os
+import subprocess
+import tempfile
+from ctypes import CDLL
+from pathlib import Path
+
+import mindspore as ms
+import mindspore.nn as nn
+import mindspore.ops as ops
+
+SOURCE = Path(__file__).with_name("depthwise_kernel.cc")
+STRIDES = (1, 2)
+
+_library = {}
+
+
+def cache_dir() -> Path:
+    """Folder of the compiled kernel: $MOBILENET_ZOO_CACHE, else ~/.cache/mobilenet_zoo."""
+    return Path(os.environ.get("MOBILENET_ZOO_CACHE") or Path.home() / ".cache" / "mobilenet_zoo")
+
+
+def compiler_flags() -> list:
+    """g++ flags: AVX2 + FMA code where this CPU has them."""
+    try:
+        cpu_flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        cpu_flags = set()
+    vector = ["-mavx2", "-mfma"] if {"avx2", "fma"} <= cpu_flags else []
+    return ["-O3", *vector, "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared", "-std=c++17"]
+
+
+def _build() -> str:
+    source = SOURCE.read_bytes()
+    flags = compiler_flags()
+    key = hashlib.sha256(source + " ".join(flags).encode()).hexdigest()[:16]
+    target = cache_dir() / f"depthwise_{key}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        try:
+            subprocess.run(["g++", *flags, str(SOURCE), "-o", tmp], check=True, capture_output=True, text=True)
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    CDLL(str(target))
+    return str(target)
+
+
+def kernel_library():
+    """Path of the compiled kernel library (built once per source and flags, safe to build from several
+    processes at once: each writes a temporary file and renames it), or None with one warning if it fails."""
+    if "path" not in _library:
+        try:
+            _library["path"] = _build()
+        except (OSError, subprocess.CalledProcessError) as error:
+            lines = str(getattr(error, "stderr", None) or error).strip().splitlines() or [""]
+            reason = next((line for line in lines if "error" in line), lines[-1])
+            logging.getLogger(__name__).warning("depthwise C++ kernel unavailable, using the built-in "
+                                                "convolution: %s", reason)
+            _library["path"] = None
+    return _library["path"]
+
+
+def _conv_output_shape(x_shape, w_shape, stride):
+    k = w_shape[2]
+    return [x_shape[0], x_shape[1], (x_shape[2] + 2 * (k // 2) - k) // stride + 1,
+            (x_shape[3] + 2 * (k // 2) - k) // stride + 1]
+
+
+def depthwise_op(library: str, stride: int) -> ops.Custom:
+    """Custom op y = depthwise_conv(x, w) at `stride`, with its gradient ops as bprop."""
+    def aot(symbol, out_shape, bprop=None):
+        return ops.Custom(f"{library}:{symbol}S{stride}", out_shape=out_shape, out_dtype=lambda x, *_: x,
+                          func_type="aot", bprop=bprop)
+
+    input_grad = aot("DepthwiseInputGrad", lambda x, w, dy: x)
+    weight_grad = aot("DepthwiseWeightGrad", lambda x, w, dy: w)
+
+    def bprop(x, w, out, dout):
+        return input_grad(x, w, dout), weight_grad(x, w, dout)
+
+    return aot("DepthwiseForward", lambda x, w: _conv_output_shape(x, w, stride), bprop)
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """`nn.Conv2d(channels, channels, k, stride, pad_mode="pad", padding=k // 2, group=channels)` (same
+    parameters and checkpoints) computed by the C++ kernel on CPU.  With `portable` set (see
+    `layers.use_portable_ops`), off CPU, or when the kernel cannot be built, the built-in convolution runs."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, pad_mode="pad", padding=0, group=1,
+                 has_bias=False):
+        super().__init__(in_channels, out_channels, kernel_size, stride, pad_mode=pad_mode, padding=padding,
+                         group=group, has_bias=has_bias)
+        k = kernel_size
+        if not (in_channels == out_channels == group and pad_mode == "pad" and not has_bias
+                and isinstance(k, int) and k % 2 == 1 and padding == k // 2 and stride in STRIDES):
+            raise ValueError("DepthwiseConv2d needs group == in == out channels, an odd int kernel_size, "
+                             f"padding kernel_size // 2, stride in {STRIDES} and no bias")
+        self.portable = False
+        library = kernel_library() if ms.get_context("device_target") == "CPU" else None
+        self.kernel = depthwise_op(library, stride) if library else None
+
+    def construct(self, x):
+        if self.portable or self.kernel is None:
+            return super().construct(x)
+        return self.kernel(x, self.weight)

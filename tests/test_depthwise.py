@@ -1,0 +1,163 @@
+"""The C++ depthwise convolution equals MindSpore's built-in one: forward bitwise, gradients to rounding,
+whole networks to 1e-5, with automatic fallback to the built-in convolution."""
+import logging
+import subprocess
+import sys
+
+import mindspore as ms
+import mindspore.nn as nn
+import numpy as np
+import pytest
+
+from src.models import create_model
+from src.models import depthwise
+from src.models.depthwise import DepthwiseConv2d
+from src.model_utils.config import ROOT_DIR
+
+SHAPES = [(1, 7, 7), (4, 8, 8), (1, 28, 28), (4, 14, 15)]  # (batch, height, width)
+
+
+@pytest.fixture
+def mode(request):
+    previous = ms.get_context("mode")
+    ms.set_context(mode=request.param)
+    yield request.param
+    ms.set_context(mode=previous)
+
+
+def pair(channels, k, stride):
+    """A built-in depthwise nn.Conv2d and a DepthwiseConv2d with the same weight."""
+    builtin = nn.Conv2d(channels, channels, k, stride, pad_mode="pad", padding=k // 2, group=channels)
+    custom = DepthwiseConv2d(channels, channels, k, stride, pad_mode="pad", padding=k // 2, group=channels)
+    custom.weight.set_data(builtin.weight.data)
+    return builtin, custom
+
+
+def forward_and_grads(net, x):
+    """(output, input grad, weight grad) as numpy arrays."""
+    dx, (dw,) = ms.grad(net, grad_position=0, weights=net.trainable_params())(x)
+    return net(x).asnumpy(), dx.asnumpy(), dw.asnumpy()
+
+
+def assert_matches(expected, actual):
+    """Forward bitwise, gradients within 1e-4 of their largest magnitude."""
+    np.testing.assert_array_equal(actual[0], expected[0])
+    for want, got in zip(expected[1:], actual[1:]):
+        assert got.shape == want.shape
+        assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def random_input(batch, channels, height, width, seed=0):
+    return ms.Tensor(np.random.default_rng(seed).standard_normal((batch, channels, height, width), np.float32))
+
+
+def use_depthwise_cells(net):
+    """Replace the built-in depthwise convolutions of `net` by DepthwiseConv2d (those already swapped stay)."""
+    for _, cell in list(net.cells_and_names()):
+        if isinstance(cell, nn.SequentialCell):
+            for i, child in enumerate(list(cell)):
+                if type(child) is nn.Conv2d and 1 < child.group == child.in_channels == child.out_channels:
+                    k = child.kernel_size[0]
+                    swapped = DepthwiseConv2d(child.group, child.group, k, child.stride[0], pad_mode="pad",
+                                              padding=k // 2, group=child.group)
+                    swapped.weight = child.weight
+                    cell[i] = swapped
+    return net
+
+
+def use_builtin_cells(net):
+    for _, cell in net.cells_and_names():
+        if isinstance(cell, DepthwiseConv2d):
+            cell.portable = True
+    return net
+
+
+def refuse(*_):
+    raise AssertionError("the C++ kernel ran")
+
+
+def test_kernel_library_builds():
+    assert depthwise.kernel_library() is not None
+
+
+@pytest.mark.parametrize("mode", [ms.GRAPH_MODE], indirect=True)
+@pytest.mark.parametrize("k,stride", [(3, 1), (3, 2), (5, 1), (5, 2)])
+@pytest.mark.parametrize("batch,height,width", SHAPES)
+def test_layer_matches_builtin(mode, k, stride, batch, height, width):
+    builtin, custom = pair(3, k, stride)
+    x = random_input(batch, 3, height, width)
+    assert_matches(forward_and_grads(builtin, x), forward_and_grads(custom, x))
+
+
+@pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE], indirect=True)
+def test_pynative_follows_changing_shapes(mode):
+    for k, stride in [(3, 1), (5, 2), (3, 2), (5, 1)]:
+        builtin, custom = pair(4, k, stride)
+        for seed, (batch, height, width) in enumerate(SHAPES):
+            x = random_input(batch, 4, height, width, seed)
+            assert_matches(forward_and_grads(builtin, x), forward_and_grads(custom, x))
+
+
+@pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE], indirect=True)
+def test_portable_uses_builtin_convolution(mode):
+    builtin, custom = pair(4, 3, 2)
+    custom.portable = True
+    custom.kernel = refuse
+    x = random_input(2, 4, 9, 9)
+    for want, got in zip(forward_and_grads(builtin, x), forward_and_grads(custom, x)):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE], indirect=True)
+def test_failed_build_falls_back_with_one_warning(mode, monkeypatch, tmp_path, caplog):
+    broken = tmp_path / "broken.cc"
+    broken.write_text("this is not C++\n")
+    monkeypatch.setattr(depthwise, "SOURCE", broken)
+    monkeypatch.setattr(depthwise, "_library", {})
+    monkeypatch.setenv("MOBILENET_ZOO_CACHE", str(tmp_path / "cache"))
+    with caplog.at_level(logging.WARNING, logger=depthwise.__name__):
+        layers = [pair(4, 3, 1), pair(4, 5, 2)]
+    assert len(caplog.records) == 1
+    x = random_input(2, 4, 8, 8)
+    for builtin, custom in layers:
+        assert custom.kernel is None
+        np.testing.assert_array_equal(custom(x).asnumpy(), builtin(x).asnumpy())
+
+
+def test_concurrent_builds_share_one_library(tmp_path):
+    code = "from src.models.depthwise import kernel_library; print(kernel_library())"
+    env = {"MOBILENET_ZOO_CACHE": str(tmp_path), "PYTHONPATH": ROOT_DIR, "PATH": "/usr/bin:/bin"}
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT_DIR, env=env, stdout=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    paths = {proc.communicate(timeout=120)[0].strip() for proc in procs}
+    assert all(proc.returncode == 0 for proc in procs)
+    assert len(paths) == 1 and paths.pop().startswith(str(tmp_path))
+    assert [p.suffix for p in tmp_path.iterdir()] == [".so"]
+
+
+@pytest.mark.parametrize("mode", [ms.GRAPH_MODE], indirect=True)
+@pytest.mark.parametrize("name,steps", [("mobilenet_v3_small", 3),
+                                        pytest.param("mobilenet_v1", 2, marks=pytest.mark.slow)])
+def test_network_matches_builtin(mode, name, steps):
+    """Logits, gradients and the losses of a few training steps (MobileNetV1 on 64x64 images amplifies
+    rounding differences chaotically from its third step: its losses differ by 1e-2 there)."""
+    custom = use_depthwise_cells(create_model(name, class_num=10, dropout=0.0))
+    builtin = use_builtin_cells(create_model(name, class_num=10, dropout=0.0))
+    weights = {name: ms.Parameter(param.asnumpy(), name) for name, param in custom.parameters_dict().items()}
+    assert ms.load_param_into_net(builtin, weights, strict_load=True) == ([], [])
+    images = random_input(4, 3, 64, 64)
+    labels = ms.Tensor(np.arange(4, dtype=np.int32))
+    logits, grads, losses = [], [], []
+    for net in (custom, builtin):
+        net.set_train(False)
+        logits.append(net(images).asnumpy())
+        net.set_train(True)
+        loss_net = nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"))
+        grads.append(ms.grad(loss_net, grad_position=None, weights=net.trainable_params())(images, labels))
+        step = nn.TrainOneStepCell(loss_net, nn.Momentum(net.trainable_params(), 0.01, 0.9))
+        losses.append([float(step(images, labels).asnumpy()) for _ in range(steps)])
+    np.testing.assert_allclose(logits[0], logits[1], rtol=0, atol=1e-5)
+    for got, want in zip(*grads):
+        np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), rtol=0,
+                                   atol=1e-4 * np.abs(want.asnumpy()).max() + 1e-7)
+    np.testing.assert_allclose(losses[0], losses[1], rtol=0, atol=1e-5)
