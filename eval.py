@@ -3,7 +3,7 @@ import json
 import os
 
 from src.checkpoint import load_weights
-from src.dataset import create_dataset, describe_pipeline_error
+from src.dataset import create_dataset, pipeline_errors_reported
 from src.errors import UserError
 from src.model_utils.cli import log, run
 from src.model_utils.config import get_config
@@ -22,13 +22,8 @@ def main():
     net.set_train(False)
     eval_ds = create_dataset(config, do_train=False)
     model = build_model(config, net)
-    try:
+    with pipeline_errors_reported():
         result = model.eval(eval_ds, dataset_sink_mode=config.device_target != "CPU")
-    except RuntimeError as err:
-        message = describe_pipeline_error(err)
-        if message is None:
-            raise
-        raise UserError(message) from err
     result = {key: float(result[key]) for key in ("top_1_accuracy", "top_5_accuracy", "loss")}
     log(f"result: {result} ckpt={config.checkpoint_path}")
     if config.result_file:

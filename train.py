@@ -5,9 +5,8 @@ import signal
 import mindspore.dataset as ds
 
 from src.callbacks import CheckpointSaver, EvalMonitor, StopOnSignal, TrainMonitor, trim_metrics
-from src.checkpoint import find_resume_checkpoint, load_weights, read_checkpoint, restore_training
-from src.dataset import create_dataset, describe_pipeline_error
-from src.errors import UserError
+from src.checkpoint import best_top1, load_weights, prepare_output, restore_training, resume_path
+from src.dataset import create_dataset, pipeline_errors_reported
 from src.loss import CrossEntropySmooth
 from src.lr_generator import get_lr
 from src.model_utils.cli import log, run
@@ -16,35 +15,6 @@ from src.model_utils.device import init_distributed, setup_device
 from src.models import create_model
 from src.optimizer import create_optimizer
 from src.training import build_model, precision_settings
-
-
-def prepare_output(path: str, writer: bool) -> str:
-    """Create the output folder and its `ckpt_0` (only rank 0 writes); returns the checkpoint folder."""
-    ckpt_dir = os.path.join(path, "ckpt_0")
-    if writer:
-        try:
-            os.makedirs(ckpt_dir, exist_ok=True)
-            probe = os.path.join(ckpt_dir, ".write_test")
-            with open(probe, "w", encoding="utf-8"):
-                pass
-            os.remove(probe)
-        except OSError as err:
-            raise UserError(f"save_checkpoint_path '{path}' is not writable: {err.strerror}") from err
-    return ckpt_dir
-
-
-def resume_path(config, ckpt_dir: str) -> str:
-    if config.resume != "auto":
-        return config.resume
-    path = find_resume_checkpoint(ckpt_dir, config.model)
-    log(f"resume auto: {'continuing from ' + path if path else 'no checkpoint in ' + ckpt_dir + ', starting anew'}")
-    return path or ""
-
-
-def best_top1(best_path: str) -> float:
-    if not os.path.isfile(best_path):
-        return -1.0
-    return float(read_checkpoint(best_path, "best checkpoint")["top_1_accuracy"].asnumpy())
 
 
 def main():
@@ -105,14 +75,9 @@ def main():
     callbacks += [cb for cb in (saver, stop) if cb is not None]
     log(f"training {config.model} x{config.width_mult:g} on {config.device_target}: {steps_per_epoch} steps of "
         f"{config.batch_size} images per epoch, epochs {epochs_done + 1}..{config.epoch_size}")
-    try:
+    with pipeline_errors_reported():
         model.train(config.epoch_size, train_ds, callbacks=callbacks,
                     dataset_sink_mode=config.device_target != "CPU", initial_epoch=epochs_done)
-    except RuntimeError as err:
-        message = describe_pipeline_error(err)
-        if message is None:
-            raise
-        raise UserError(message) from err
     if stop.signal_name:
         saved = f"saved {stop.saved}" if stop.saved else "no checkpoint written by this rank"
         log(f"stopped by {stop.signal_name}: {saved}; resume with the same command plus --resume auto")

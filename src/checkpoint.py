@@ -103,3 +103,35 @@ def save_checkpoint(cell, path: str, append: Optional[dict] = None) -> None:
     tmp = f"{path[:-len('.ckpt')]}{PARTIAL}"
     ms.save_checkpoint(cell, tmp, append_dict=append)
     os.replace(tmp, path)
+
+
+def prepare_output(path: str, writer: bool) -> str:
+    """Create the output folder and its `ckpt_0` (only rank 0 writes); returns the checkpoint folder."""
+    ckpt_dir = os.path.join(path, "ckpt_0")
+    if writer:
+        try:
+            os.makedirs(ckpt_dir, exist_ok=True)
+            probe = os.path.join(ckpt_dir, ".write_test")
+            with open(probe, "w", encoding="utf-8"):
+                pass
+            os.remove(probe)
+        except OSError as err:
+            raise UserError(f"save_checkpoint_path '{path}' is not writable: {err.strerror}") from err
+    return ckpt_dir
+
+
+def resume_path(config, ckpt_dir: str) -> str:
+    """The checkpoint `config.resume` names: a path, or with "auto" the newest readable one in `ckpt_dir`
+    ("" when there is none: the run starts anew)."""
+    if config.resume != "auto":
+        return config.resume
+    path = find_resume_checkpoint(ckpt_dir, config.model)
+    log(f"resume auto: {'continuing from ' + path if path else 'no checkpoint in ' + ckpt_dir + ', starting anew'}")
+    return path or ""
+
+
+def best_top1(best_path: str) -> float:
+    """Top-1 accuracy stored in the best checkpoint so far (-1 when there is none)."""
+    if not os.path.isfile(best_path):
+        return -1.0
+    return float(read_checkpoint(best_path, "best checkpoint")["top_1_accuracy"].asnumpy())

@@ -12,6 +12,7 @@ Training shuffles with `config.seed` (same seed and workers give the same order 
 last partial batch; evaluation keeps the file order and scores every image exactly once.  With several ranks
 every rank reads a disjoint shard of equal size for training; evaluation shards are disjoint and complete.
 """
+import contextlib
 import os
 import re
 from typing import Optional
@@ -77,6 +78,18 @@ def describe_pipeline_error(err: BaseException) -> Optional[str]:
         detail = PIPELINE_ERROR.search(text)
         return f"data pipeline failed: {detail.group(1).strip() if detail else text.strip().splitlines()[0]}"
     return None
+
+
+@contextlib.contextmanager
+def pipeline_errors_reported():
+    """Inside this block a data pipeline failure raised while iterating becomes a one-line `DatasetError`."""
+    try:
+        yield
+    except RuntimeError as err:
+        message = describe_pipeline_error(err)
+        if message is None:
+            raise
+        raise DatasetError(message) from err
 
 
 def _data_path(config, do_train):

@@ -88,7 +88,7 @@ def test_export_reloads_with_same_output(trained, tmp_path, file_format, suffix)
     name = tmp_path / "exported"
     proc = run_script("export.py", *FAST, "--ckpt_file", best, "--file_name", name, "--file_format", file_format)
     assert os.path.isfile(f"{name}{suffix}")
-    assert f"input 1x3x32x32" in proc.stdout
+    assert "input 1x3x32x32" in proc.stdout
     difference = re.search(r"max abs difference from the checkpoint's network ([\d.e+-]+)", proc.stdout)
     assert difference and float(difference.group(1)) < 1e-4
 

@@ -7,7 +7,7 @@ from the schema, never from the YAML value, so `--lr_init 0.01` works where the 
 import argparse
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import yaml
 
