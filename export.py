@@ -46,8 +46,7 @@ def main():
     net = create_model(config.model, config.class_num, config.width_mult, config.dropout)
     load_weights(net, checkpoint, "ckpt_file")
     net.set_train(False)
-    if config.file_format == "ONNX":  # the same mathematics from operators ONNX supports
-        use_portable_ops(net)
+    use_portable_ops(net)  # the same mathematics from standard operators, loadable anywhere
     batch = config.batch_size if "batch_size" in config.cli_keys else 1
     height, width = config.height or config.image_size, config.width or config.image_size
     inputs = np.random.default_rng(0).standard_normal((batch, 3, height, width)).astype(np.float32)

@@ -52,7 +52,8 @@ def random_input(batch, channels, height, width, seed=0):
 
 
 def use_depthwise_cells(net):
-    """Replace the built-in depthwise convolutions of `net` by DepthwiseConv2d (those already swapped stay)."""
+    """Replace the built-in depthwise convolutions of `net` by DepthwiseConv2d (a no-op once `conv_bn_act`
+    builds DepthwiseConv2d itself)."""
     for _, cell in list(net.cells_and_names()):
         if isinstance(cell, nn.SequentialCell):
             for i, child in enumerate(list(cell)):
@@ -66,6 +67,7 @@ def use_depthwise_cells(net):
 
 
 def use_builtin_cells(net):
+    """Set `portable` on every DepthwiseConv2d of `net`: the built-in convolution runs."""
     for _, cell in net.cells_and_names():
         if isinstance(cell, DepthwiseConv2d):
             cell.portable = True
@@ -143,6 +145,7 @@ def test_network_matches_builtin(mode, name, steps):
     rounding differences chaotically from its third step: its losses differ by 1e-2 there)."""
     custom = use_depthwise_cells(create_model(name, class_num=10, dropout=0.0))
     builtin = use_builtin_cells(create_model(name, class_num=10, dropout=0.0))
+    assert any(isinstance(cell, DepthwiseConv2d) and cell.kernel for _, cell in custom.cells_and_names())
     weights = {name: ms.Parameter(param.asnumpy(), name) for name, param in custom.parameters_dict().items()}
     assert ms.load_param_into_net(builtin, weights, strict_load=True) == ([], [])
     images = random_input(4, 3, 64, 64)

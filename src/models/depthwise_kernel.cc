@@ -8,7 +8,6 @@
 // row segment per output row: the inner loops are plain, vectorisable multiply-adds.  Forward sums the
 // taps of each output in row-major tap order without fused multiply-add (built with -ffp-contract=off),
 // like the built-in convolution, so its output is bitwise equal.
-#include <omp.h>
 
 #include <algorithm>
 #include <cstdint>

@@ -4,6 +4,8 @@ import mindspore.nn as nn
 import mindspore.ops as ops
 from mindspore import Parameter, Tensor
 
+from src.models.depthwise import DepthwiseConv2d
+
 BN_MOMENTUM = 0.99
 BN_EPS = 1e-3
 
@@ -48,8 +50,9 @@ class HSwish(nn.Cell):
 
 
 def use_portable_ops(net: nn.Cell) -> nn.Cell:
-    """Switch every layer of `net` that has a faster CPU form (h-swish, h-sigmoid, global pooling) to its
-    portable form: the same mathematics from operators that ONNX export supports.  Returns `net`."""
+    """Switch every layer of `net` that has a faster CPU form (h-swish, h-sigmoid, global pooling, depthwise
+    convolution) to its portable form: the same mathematics from operators that ONNX export supports.
+    Returns `net`."""
     for _, cell in net.cells_and_names():
         if hasattr(cell, "portable"):
             cell.portable = True
@@ -61,10 +64,12 @@ ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hswish": HSwish, "hsigmoid":
 
 def conv_bn_act(in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1, groups: int = 1,
                 activation: str = "relu") -> nn.SequentialCell:
-    """Conv (symmetric padding k // 2, no bias) -> BatchNorm -> activation (None for a linear layer)."""
+    """Conv (symmetric padding k // 2, no bias; a depthwise one as `DepthwiseConv2d`) -> BatchNorm -> activation
+    (None for a linear layer)."""
+    conv = DepthwiseConv2d if 1 < groups == in_channels == out_channels else nn.Conv2d
     layers = [
-        nn.Conv2d(in_channels, out_channels, kernel_size, stride, pad_mode="pad", padding=kernel_size // 2,
-                  group=groups, has_bias=False),
+        conv(in_channels, out_channels, kernel_size, stride, pad_mode="pad", padding=kernel_size // 2,
+             group=groups, has_bias=False),
         nn.BatchNorm2d(out_channels, eps=BN_EPS, momentum=BN_MOMENTUM),
     ]
     if activation:
