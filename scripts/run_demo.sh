@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded demo data: set up .venv, write the demo data set (scikit-learn digits as
 # CIFAR-10 files and JPEG folders), train MobileNetV1-0.5 on it (demo_config.yaml), evaluate the best
-# checkpoint and export it as MINDIR and ONNX. Outputs: demo_data/, demo_run/. About 5 minutes on 2 cores.
+# checkpoint and export it as MINDIR and ONNX. Outputs: demo_data/, demo_run/. About 2 minutes on 2 cores.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
