@@ -41,6 +41,13 @@ def _median_rate(run_steps, steps: int, repeats: int, batch: int) -> float:
     return float(np.median(rates))
 
 
+def endless_batches(dataset, output_numpy: bool = False):
+    """The dataset's batches, epoch after epoch, without end."""
+    iterator = dataset.create_tuple_iterator(num_epochs=-1, output_numpy=output_numpy)
+    while True:
+        yield from iterator
+
+
 def measure_model(args, name: str, width: float, data_root: str) -> dict:
     """All model figures, measured in this process (called in a fresh worker process)."""
     import mindspore as ms  # pylint: disable=import-outside-toplevel
@@ -84,7 +91,7 @@ def measure_model(args, name: str, width: float, data_root: str) -> dict:
     row["train_gmac_s"] = round(3 * row["macs_m"] * rate / 1000, 2)
 
     data = create_dataset(config, do_train=True)
-    batches = data.create_tuple_iterator(num_epochs=-1)
+    batches = endless_batches(data)
 
     def fed_steps(steps):
         for _ in range(steps):
@@ -121,7 +128,7 @@ def measure_pipelines(args, data_root: str) -> dict:
             ("jpeg_pipeline_img_s", "imagenet2012", os.path.join(data_root, "imagefolder"), args.image_size)):
         config = get_config([], overrides={"dataset": dataset, "dataset_path": path, "image_size": size,
                                            "batch_size": args.batch_size, "class_num": 10})
-        batches = create_dataset(config, do_train=True).create_tuple_iterator(num_epochs=-1, output_numpy=True)
+        batches = endless_batches(create_dataset(config, do_train=True), output_numpy=True)
 
         def take(steps, batches=batches):
             for _ in range(steps):
