@@ -7,12 +7,14 @@ SGD momentum step) and inference img/s, each the median of `--repeats` timings. 
 import argparse
 import json
 import os
-import time
+import sys
 
-import numpy as np
 import torch
 import torchvision
 from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from src.benchmark import median_rate  # noqa: E402  (no MindSpore import: runs beside torch)
 
 V1_STEM = 32
 V1_BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1), (512, 1), (512, 1),
@@ -38,15 +40,6 @@ def build(name, width_mult, num_classes):
     if name == "mobilenet_v1":
         return mobilenet_v1(width_mult, num_classes)
     return getattr(torchvision.models, name)(num_classes=num_classes, width_mult=width_mult)
-
-
-def median_rate(run_steps, steps, repeats, batch):
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run_steps(steps)
-        rates.append(steps * batch / (time.perf_counter() - start))
-    return float(np.median(rates))
 
 
 def main():

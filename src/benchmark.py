@@ -31,7 +31,7 @@ MODEL_FIELDS = ("model", "width_mult", "batch_size", "image_size", "threads", "p
 PEER_FIELDS = ("torch_train_img_s", "torch_infer_img_s", "train_ratio", "infer_ratio")
 
 
-def _median_rate(run_steps, steps: int, repeats: int, batch: int) -> float:
+def median_rate(run_steps, steps: int, repeats: int, batch: int) -> float:
     """Median images/s of `repeats` timings of `run_steps(steps)`."""
     rates = []
     for _ in range(repeats):
@@ -85,7 +85,7 @@ def measure_model(args, name: str, width: float, data_root: str) -> dict:
     train_steps(1)
     row["compile_s"] = round(time.perf_counter() - start, 2)
     train_steps(args.warmup)
-    rate = _median_rate(train_steps, args.steps, args.repeats, args.batch_size)
+    rate = median_rate(train_steps, args.steps, args.repeats, args.batch_size)
     row["train_img_s"] = round(rate, 2)
     row["train_ms_per_step"] = round(1000 * args.batch_size / rate, 1)
     row["train_gmac_s"] = round(3 * row["macs_m"] * rate / 1000, 2)
@@ -100,7 +100,7 @@ def measure_model(args, name: str, width: float, data_root: str) -> dict:
         loss.asnumpy()
 
     fed_steps(args.warmup)
-    row["train_data_img_s"] = round(_median_rate(fed_steps, args.steps, args.repeats, args.batch_size), 2)
+    row["train_data_img_s"] = round(median_rate(fed_steps, args.steps, args.repeats, args.batch_size), 2)
 
     net.set_train(False)
 
@@ -110,7 +110,7 @@ def measure_model(args, name: str, width: float, data_root: str) -> dict:
         out.asnumpy()
 
     infer_steps(1 + args.warmup)
-    rate = _median_rate(infer_steps, args.steps, args.repeats, args.batch_size)
+    rate = median_rate(infer_steps, args.steps, args.repeats, args.batch_size)
     row["infer_img_s"] = round(rate, 2)
     row["infer_gmac_s"] = round(row["macs_m"] * rate / 1000, 2)
     row["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
@@ -135,7 +135,7 @@ def measure_pipelines(args, data_root: str) -> dict:
                 next(batches)
 
         take(args.warmup)
-        rates[key] = round(_median_rate(take, max(args.steps, 20), args.repeats, args.batch_size), 1)
+        rates[key] = round(median_rate(take, max(args.steps, 20), args.repeats, args.batch_size), 1)
     return rates
 
 
