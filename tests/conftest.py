@@ -4,6 +4,7 @@ import signal
 import subprocess
 import uuid
 
+import mindspore as ms
 import pytest
 
 from src.demo_data import write_demo_data
@@ -58,3 +59,12 @@ def script_processes():
     processes = ScriptProcesses()
     yield processes
     processes.kill_all()
+
+
+@pytest.fixture
+def mode(request):
+    """MindSpore's execution mode set to the test's parameter (use with indirect=True); restored afterwards."""
+    previous = ms.get_context("mode")
+    ms.set_context(mode=request.param)
+    yield request.param
+    ms.set_context(mode=previous)

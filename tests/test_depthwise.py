@@ -17,14 +17,6 @@ from src.model_utils.config import ROOT_DIR
 SHAPES = [(1, 7, 7), (4, 8, 8), (1, 28, 28), (4, 14, 15)]  # (batch, height, width)
 
 
-@pytest.fixture
-def mode(request):
-    previous = ms.get_context("mode")
-    ms.set_context(mode=request.param)
-    yield request.param
-    ms.set_context(mode=previous)
-
-
 def pair(channels, k, stride):
     """A built-in depthwise nn.Conv2d and a DepthwiseConv2d with the same weight."""
     builtin = nn.Conv2d(channels, channels, k, stride, pad_mode="pad", padding=k // 2, group=channels)

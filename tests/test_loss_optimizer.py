@@ -14,14 +14,6 @@ LOGITS = np.array([[2.0, 1.0, 0.1, -1.0],
 LABELS = np.array([0, 3, 1], dtype=np.int32)
 
 
-@pytest.fixture(params=[ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
-def execution_mode(request):
-    previous = ms.get_context("mode")
-    ms.set_context(mode=request.param)
-    yield request.param
-    ms.set_context(mode=previous)
-
-
 def smoothed_cross_entropy(logits, labels, smooth):
     """Per-sample loss, zoo convention: on = 1 - eps, off = eps / (K - 1)."""
     num_classes = logits.shape[1]
@@ -33,7 +25,8 @@ def smoothed_cross_entropy(logits, labels, smooth):
 
 
 @pytest.mark.parametrize("smooth", [0.0, 0.1])
-def test_smoothed_loss_matches_hand_computation(execution_mode, smooth):
+@pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"], indirect=True)
+def test_smoothed_loss_matches_hand_computation(mode, smooth):
     loss_fn = CrossEntropySmooth(class_num=4, smooth_factor=smooth)
     loss = loss_fn(ms.Tensor(LOGITS), ms.Tensor(LABELS)).asnumpy()
     assert loss.shape == ()
