@@ -24,6 +24,13 @@ def _loss_and_overflow(net_outputs) -> tuple:
     return float(np.mean(net_outputs.asnumpy())), False
 
 
+def step_position(cb, start_step: int) -> tuple:
+    """(global step, step within the epoch) of the step that just ended; `start_step` is where a resumed run
+    started (MindSpore counts `cur_step_num` from 0 in each run)."""
+    global_step = start_step + cb.cur_step_num
+    return global_step, (global_step - 1) % cb.batch_num + 1
+
+
 class CheckpointSaver(Callback):
     """Every `every_epochs` epochs (and after the last) save the train network (weights, BN statistics,
     optimizer moments, global_step, LR) as `<directory>/<prefix>-<epoch>_<step>.ckpt`; keep the newest `keep`.
@@ -39,8 +46,7 @@ class CheckpointSaver(Callback):
     def save(self, cb) -> str:
         """Save now (at the end of the current step); returns the file written.  Weights that are no longer
         finite are never saved: the run stops with a `UserError` and the checkpoints before stay."""
-        global_step = self.start_step + cb.cur_step_num
-        step_in_epoch = (global_step - 1) % cb.batch_num + 1
+        global_step, step_in_epoch = step_position(cb, self.start_step)
         for param in cb.train_network.trainable_params():
             if not np.isfinite(param.asnumpy()).all():
                 raise UserError(f"parameter {param.name} is not finite at epoch {cb.cur_epoch_num} step "
@@ -129,14 +135,14 @@ class TrainMonitor(Callback):
     def on_train_epoch_begin(self, run_context):
         self.epoch_start, self.losses, self.skipped = time.time(), [], 0
 
-    def _lr_at(self, step: int) -> float:
-        """Learning rate used by the `step`-th step of this run (counted from 1)."""
-        return float(self.lr[min(self.start_step + step, len(self.lr)) - 1])
+    def _lr_at(self, global_step: int) -> float:
+        """Learning rate used by global step `global_step` (counted from 1)."""
+        return float(self.lr[min(global_step, len(self.lr)) - 1])
 
     def on_train_step_end(self, run_context):
         cb = run_context.original_args()
         loss, overflow = _loss_and_overflow(cb.net_outputs)
-        step_in_epoch = (self.start_step + cb.cur_step_num - 1) % cb.batch_num + 1
+        global_step, step_in_epoch = step_position(cb, self.start_step)
         if overflow and self.skip_overflow:
             self.skipped += 1
             log(f"epoch: {cb.cur_epoch_num} step: {step_in_epoch}, gradient overflow: step skipped, "
@@ -144,12 +150,12 @@ class TrainMonitor(Callback):
             return
         if not math.isfinite(loss):
             raise UserError(f"loss is {loss} at epoch {cb.cur_epoch_num} step {step_in_epoch} (global step "
-                            f"{self.start_step + cb.cur_step_num}): training diverged and was stopped; checkpoints "
+                            f"{global_step}): training diverged and was stopped; checkpoints "
                             f"already saved are kept; lower lr_max, or use --loss_scale_type dynamic")
         self.losses.append(loss)
         if step_in_epoch % self.log_interval == 0 or step_in_epoch == cb.batch_num:
             log(f"epoch: {cb.cur_epoch_num} step: {step_in_epoch}, loss is {loss:.6f}, "
-                f"lr: {self._lr_at(cb.cur_step_num):.6g}")
+                f"lr: {self._lr_at(global_step):.6g}")
 
     def on_train_epoch_end(self, run_context):
         cb = run_context.original_args()
@@ -164,10 +170,11 @@ class TrainMonitor(Callback):
             f"{self.images_per_step * steps / seconds:.1f} img/s, time left: {_hms(left)}{skipped}")
         if self.metrics_path:
             result = cb.get("eval_result") or {}
+            global_step = step_position(cb, self.start_step)[0]
             self._append_row({
-                "epoch": cb.cur_epoch_num, "global_step": self.start_step + cb.cur_step_num,
+                "epoch": cb.cur_epoch_num, "global_step": global_step,
                 "loss": f"{np.mean(self.losses) if self.losses else math.nan:.6f}",
-                "lr": f"{self._lr_at(cb.cur_step_num):.6g}", "epoch_seconds": f"{seconds:.3f}",
+                "lr": f"{self._lr_at(global_step):.6g}", "epoch_seconds": f"{seconds:.3f}",
                 "images_per_second": f"{self.images_per_step * steps / seconds:.1f}",
                 "top_1_accuracy": _fmt(result.get("top_1_accuracy")),
                 "top_5_accuracy": _fmt(result.get("top_5_accuracy")),
