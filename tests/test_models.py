@@ -77,7 +77,7 @@ def test_every_parameter_gets_gradient_and_loss_decreases(name):
     assert not zero, f"parameters without gradient: {zero}"
     optimizer = nn.Momentum(params, learning_rate=0.05, momentum=0.9)
     losses = [float(loss.asnumpy())]
-    for _ in range(5):
+    for _ in range(8):
         loss, grads = grad_fn(images, labels)
         optimizer(grads)
         losses.append(float(loss.asnumpy()))
@@ -159,10 +159,10 @@ def test_dropout_is_reproducible_and_drops_the_right_share():
     assert np.array_equal(drop(x).asnumpy(), x.asnumpy())
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v3_small", "mobilenet_v3_large"])
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v3_small", "mobilenet_v3_large"])
 def test_fast_ops_match_portable_form(name):
-    """The speed-ups (fused h-swish / h-sigmoid, pooling as avg_pool2d) leave logits and the training loss
-    sequence unchanged."""
+    """The speed-ups (fused h-swish / h-sigmoid, pooling as avg_pool2d, depthwise kernel, stem as unfold + 1x1)
+    leave logits and the training loss sequence unchanged."""
     ms.set_seed(5)
     fused = create_model(name, class_num=10, dropout=0.0)
     primitive = use_portable_ops(create_model(name, class_num=10, dropout=0.0))
@@ -175,7 +175,15 @@ def test_fast_ops_match_portable_form(name):
     sequences = []
     for net in (fused, primitive):
         net.set_train(True)
+        if name == "mobilenet_v1":
+            # V1 with batch statistics of 4 images is chaotic: a 1e-7 relative change of the input alone moves
+            # the second loss by ~1e-2 (measured), so its sequence is compared with BN on moving statistics.
+            for _, cell in net.cells_and_names():
+                if isinstance(cell, nn.BatchNorm2d):
+                    cell.use_batch_statistics = False
         loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
-        step = nn.TrainOneStepCell(nn.WithLossCell(net, loss_fn), nn.Momentum(net.trainable_params(), 0.05, 0.9))
+        lr = 0.3 if name == "mobilenet_v1" else 0.05
+        step = nn.TrainOneStepCell(nn.WithLossCell(net, loss_fn), nn.Momentum(net.trainable_params(), lr, 0.9))
         sequences.append([float(step(images, labels).asnumpy()) for _ in range(4)])
     assert np.allclose(sequences[0], sequences[1], rtol=0, atol=1e-5), sequences
+    assert sequences[0][-1] < sequences[0][0] - 0.05, sequences  # it trained
