@@ -5,7 +5,8 @@ file is loaded back and its output compared with the checkpoint's own network on
 """
 import os
 
-import mindspore as ms
+import src  # noqa: F401  (first: sets OpenMP's wait policy before MindSpore loads OpenMP, see src/__init__.py)
+import mindspore as ms  # noqa: E402  pylint: disable=wrong-import-order
 import mindspore.nn as nn
 import numpy as np
 from mindspore.onnx import export as export_onnx

@@ -2,7 +2,8 @@
 import os
 import signal
 
-import mindspore.dataset as ds
+import src  # noqa: F401  (first: sets OpenMP's wait policy before MindSpore loads OpenMP, see src/__init__.py)
+import mindspore.dataset as ds  # noqa: E402  pylint: disable=wrong-import-order
 
 from src.callbacks import CheckpointSaver, EvalMonitor, StopOnSignal, TrainMonitor, trim_metrics
 from src.checkpoint import best_top1, load_weights, prepare_output, restore_training, resume_path

@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 
+import src
 from src.errors import UserError
 from src.model_utils.cli import log, run
 
@@ -149,8 +150,8 @@ def _worker(args) -> None:
     print(json.dumps(result))
 
 
-def _run_json(cmd: list, what: str) -> dict:
-    proc = subprocess.run(cmd, cwd=ROOT_DIR, capture_output=True, text=True, check=False)
+def _run_json(cmd: list, what: str, env: dict = None) -> dict:
+    proc = subprocess.run(cmd, cwd=ROOT_DIR, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:
         raise UserError(f"benchmark of {what} failed (exit {proc.returncode}): "
                         f"{(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
@@ -220,12 +221,15 @@ def main(argv=None):
         me = [sys.executable, "-m", "src.benchmark", "--data_root", data_root, *_common_args(args)]
         pipelines = _run_json(me + ["--worker", "pipelines"], "the data pipelines")
         rows = []
+        peer_env = dict(os.environ)
+        if src.WAIT_POLICY_DEFAULTED:  # PyTorch runs with OpenMP's default wait policy (it is faster so)
+            peer_env.pop("OMP_WAIT_POLICY", None)
         for name, width in models:
             log(f"measuring {name} x{width} ...")
             row = _run_json(me + ["--worker", f"{name}:{width}"], f"{name} x{width}")
             if peer:
                 theirs = _run_json([peer, TORCH_PEER, "--model", name, "--width_mult", width, *_common_args(args)],
-                                   f"torch {name}")
+                                   f"torch {name}", env=peer_env)
                 row.update({"torch_train_img_s": theirs["train_img_s"], "torch_infer_img_s": theirs["infer_img_s"],
                             "train_ratio": round(row["train_img_s"] / theirs["train_img_s"], 2),
                             "infer_ratio": round(row["infer_img_s"] / theirs["infer_img_s"], 2)})

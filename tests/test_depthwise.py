@@ -6,6 +6,7 @@ import sys
 
 import mindspore as ms
 import mindspore.nn as nn
+import mindspore.ops as ops
 import numpy as np
 import pytest
 
@@ -106,7 +107,7 @@ def test_portable_uses_builtin_convolution(mode):
 def test_failed_build_falls_back_with_one_warning(mode, monkeypatch, tmp_path, caplog):
     broken = tmp_path / "broken.cc"
     broken.write_text("this is not C++\n")
-    monkeypatch.setattr(depthwise, "SOURCE", broken)
+    monkeypatch.setattr(depthwise, "SOURCES", (broken,))
     monkeypatch.setattr(depthwise, "_library", {})
     monkeypatch.setenv("MOBILENET_ZOO_CACHE", str(tmp_path / "cache"))
     with caplog.at_level(logging.WARNING, logger=depthwise.__name__):
@@ -156,3 +157,40 @@ def test_network_matches_builtin(mode, name, steps):
         np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), rtol=0,
                                    atol=1e-4 * np.abs(want.asnumpy()).max() + 1e-7)
     np.testing.assert_allclose(losses[0], losses[1], rtol=0, atol=1e-5)
+
+
+class BiasAct(nn.Cell):
+    """(activation(x + bias) * dy).sum() with the C++ op (`fused`) or bias_add + MindSpore's operators."""
+
+    def __init__(self, activation, fused):
+        super().__init__()
+        self.op = depthwise.bias_act_op(activation) if fused else None
+        self.activation = activation
+
+    def construct(self, x, bias, dy):
+        if self.op is not None:
+            return (self.op(x, bias) * dy).sum()
+        z = ops.bias_add(x, bias)
+        if self.activation == "relu":
+            z = ops.relu(z)
+        elif self.activation == "relu6":
+            z = ops.relu6(z)
+        elif self.activation == "hswish":
+            z = z * ops.relu6(z + 3.0) / 6.0
+        return (z * dy).sum()
+
+
+@pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], indirect=True)
+@pytest.mark.parametrize("activation", [None, "relu", "relu6", "hswish"])
+def test_bias_activation_matches_composed_ops(mode, activation):
+    """activation(x + bias) in one C++ pass equals bias_add then MindSpore's operators, forward and gradients."""
+    assert depthwise.bias_act_op(activation) is not None
+    rng = np.random.default_rng(3)
+    x = ms.Tensor(rng.uniform(-8, 8, (3, 5, 6, 7)).astype(np.float32))
+    bias = ms.Tensor(rng.standard_normal(5).astype(np.float32))
+    dy = ms.Tensor(rng.standard_normal((3, 5, 6, 7)).astype(np.float32))
+    fused, composed = BiasAct(activation, True), BiasAct(activation, False)
+    np.testing.assert_allclose(fused(x, bias, dy).asnumpy(), composed(x, bias, dy).asnumpy(), rtol=1e-6)
+    for got, want in zip(ms.grad(fused, grad_position=(0, 1))(x, bias, dy),
+                         ms.grad(composed, grad_position=(0, 1))(x, bias, dy)):
+        np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), rtol=1e-5, atol=1e-5)

@@ -1,6 +1,7 @@
-"""Depthwise convolution as a C++ CPU kernel (MindSpore AOT custom ops), much faster on CPU than the built-in
-grouped convolution.  The kernel library is compiled from depthwise_kernel.cc with g++ on first use and cached
-(see `kernel_library`); without it, or off CPU, or with `portable` set, the built-in convolution runs."""
+"""C++ CPU kernels as MindSpore AOT custom ops: depthwise convolution (much faster on CPU than the built-in
+grouped convolution) and bias + activation in one pass (`bias_act_op`, for folded BatchNorm in inference).
+The kernel library is compiled from depthwise_kernel.cc and bias_act_kernel.cc with g++ on first use and
+cached (see `kernel_library`); without it, or off CPU, or with `portable` set, built-in operators run."""
 import hashlib
 import logging
 import os
@@ -13,7 +14,7 @@ import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
 
-SOURCE = Path(__file__).with_name("depthwise_kernel.cc")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("depthwise_kernel.cc", "bias_act_kernel.cc"))
 STRIDES = (1, 2)
 
 _library = {}
@@ -35,7 +36,7 @@ def compiler_flags() -> list:
 
 
 def _build() -> str:
-    source = SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in SOURCES)
     flags = compiler_flags()
     key = hashlib.sha256(source + " ".join(flags).encode()).hexdigest()[:16]
     target = cache_dir() / f"depthwise_{key}.so"
@@ -44,7 +45,7 @@ def _build() -> str:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
         try:
-            subprocess.run(["g++", *flags, str(SOURCE), "-o", tmp], check=True, capture_output=True, text=True)
+            subprocess.run(["g++", *flags, *map(str, SOURCES), "-o", tmp], check=True, capture_output=True, text=True)
             os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):
@@ -89,6 +90,33 @@ def depthwise_op(library: str, stride: int) -> ops.Custom:
     return aot("DepthwiseForward", lambda x, w: _conv_output_shape(x, w, stride), bprop)
 
 
+def _bias_act_bprop(activation):
+    def bprop(x, bias, out, dout):
+        z = ops.bias_add(x, bias)
+        if activation == "relu":
+            dout = dout * (z > 0).astype(z.dtype)
+        elif activation == "relu6":
+            dout = dout * ((z > 0) & (z < 6)).astype(z.dtype)
+        elif activation == "hswish":
+            slope = ops.where(z >= 3, ops.ones_like(z), (2 * z + 3) / 6)  # d/dz z * relu6(z + 3) / 6
+            dout = dout * ops.where(z > -3, slope, ops.zeros_like(z))
+        return dout, dout.sum(axis=(0, 2, 3))
+    return bprop
+
+
+BIAS_ACT_SYMBOLS = {None: "BiasIdentity", "relu": "BiasReLU", "relu6": "BiasReLU6", "hswish": "BiasHSwish"}
+
+
+def bias_act_op(activation):
+    """Custom op y = activation(x + bias[c]) on NCHW x in one pass (`activation`: None, "relu", "relu6" or
+    "hswish"), or None where the kernel library is unavailable or the target is not CPU."""
+    library = kernel_library() if ms.get_context("device_target") == "CPU" else None
+    if library is None:
+        return None
+    return ops.Custom(f"{library}:{BIAS_ACT_SYMBOLS[activation]}", out_shape=lambda x, b: x,
+                      out_dtype=lambda x, b: x, func_type="aot", bprop=_bias_act_bprop(activation))
+
+
 class DepthwiseConv2d(nn.Conv2d):
     """`nn.Conv2d(channels, channels, k, stride, pad_mode="pad", padding=k // 2, group=channels)` (same
     parameters and checkpoints) computed by the C++ kernel on CPU.  With `portable` set (see
@@ -108,6 +136,10 @@ class DepthwiseConv2d(nn.Conv2d):
         self.kernel = depthwise_op(library, stride) if library else None
 
     def construct(self, x):
+        return self.convolve(x, self.weight)
+
+    def convolve(self, x, weight):
+        """The convolution of `x` with `weight` (of this layer's weight shape)."""
         if self.portable or self.kernel is None:
-            return super().construct(x)
-        return self.kernel(x, self.weight)
+            return self.conv2d(x, weight)
+        return self.kernel(x, weight)

@@ -4,7 +4,7 @@ import mindspore.nn as nn
 import mindspore.ops as ops
 from mindspore import Parameter, Tensor
 
-from src.models.depthwise import DepthwiseConv2d
+from src.models.depthwise import DepthwiseConv2d, bias_act_op
 
 BN_MOMENTUM = 0.99
 BN_EPS = 1e-3
@@ -66,18 +66,29 @@ class UnfoldConv2d(nn.Conv2d):
         self.portable = ms.get_context("device_target") != "CPU"
 
     def construct(self, x):
+        return self.convolve(x, self.weight)
+
+    def convolve(self, x, weight):
+        """The convolution of `x` with `weight` (of this layer's weight shape)."""
         if self.portable:
-            return super().construct(x)
+            return self.conv2d(x, weight)
         k, stride, pad = self.kernel_size[0], self.stride[0], self.kernel_size[0] // 2
         n, c, h, w = x.shape
         columns = ops.unfold(x, k, 1, pad, stride).reshape(
             n, c * k * k, (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1)
-        return ops.conv2d(columns, self.weight.reshape(self.out_channels, c * k * k, 1, 1))
+        return ops.conv2d(columns, weight.reshape(self.out_channels, c * k * k, 1, 1))
+
+
+class Conv2d(nn.Conv2d):
+    """`nn.Conv2d` (a 1x1 convolution here) with `convolve(x, weight)`, as the other convolution layers."""
+
+    def convolve(self, x, weight):
+        return self.conv2d(x, weight)
 
 
 def use_portable_ops(net: nn.Cell) -> nn.Cell:
     """Switch every layer of `net` that has a faster CPU form (h-swish, h-sigmoid, global pooling, depthwise and
-    dense k x k convolution) to its portable form: the same mathematics from operators that ONNX export supports.
+    dense k x k convolution, BatchNorm folded in inference) to its portable form: the same mathematics from operators that ONNX export supports.
     Returns `net`."""
     for _, cell in net.cells_and_names():
         if hasattr(cell, "portable"):
@@ -88,14 +99,42 @@ def use_portable_ops(net: nn.Cell) -> nn.Cell:
 ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hswish": HSwish, "hsigmoid": HSigmoid}
 
 
+class ConvBNAct(nn.SequentialCell):
+    """Conv -> BatchNorm -> activation (a SequentialCell: parameter names `<i>.0.weight`, `<i>.1.gamma`, ...).
+    In inference the BatchNorm is folded into the convolution: conv(x, w * s) + (beta - mean * s) with
+    s = gamma / sqrt(var + eps), one pass over the activations fewer (unless `portable` is set, see
+    `use_portable_ops`: then conv, BatchNorm and activation run as written, as in training)."""
+
+    def __init__(self, layers, activation=None):
+        super().__init__(layers)
+        self.portable = False
+        self.bias_act = bias_act_op(activation)  # bias + activation in one pass (None: not available)
+
+    def construct(self, x):
+        if self.training or self.portable:
+            for cell in self.cell_list:
+                x = cell(x)
+            return x
+        conv, bn = self.cell_list[0], self.cell_list[1]
+        scale = bn.gamma / ops.sqrt(bn.moving_variance + bn.eps)
+        x = conv.convolve(x, conv.weight * scale.reshape(-1, 1, 1, 1))
+        bias = bn.beta - bn.moving_mean * scale
+        if self.bias_act is not None:
+            return self.bias_act(x, bias)
+        x = ops.bias_add(x, bias)
+        if len(self.cell_list) > 2:
+            x = self.cell_list[2](x)
+        return x
+
+
 def conv_bn_act(in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1, groups: int = 1,
-                activation: str = "relu") -> nn.SequentialCell:
+                activation: str = "relu") -> ConvBNAct:
     """Conv (symmetric padding k // 2, no bias; a depthwise one as `DepthwiseConv2d`, a dense k x k one as
-    `UnfoldConv2d`) -> BatchNorm -> activation (None for a linear layer)."""
+    `UnfoldConv2d`) -> BatchNorm -> activation (None for a linear layer), as a `ConvBNAct`."""
     if 1 < groups == in_channels == out_channels:
         conv = DepthwiseConv2d
     else:
-        conv = UnfoldConv2d if kernel_size > 1 and groups == 1 else nn.Conv2d
+        conv = UnfoldConv2d if kernel_size > 1 else Conv2d
     layers = [
         conv(in_channels, out_channels, kernel_size, stride, pad_mode="pad", padding=kernel_size // 2,
              group=groups, has_bias=False),
@@ -103,7 +142,7 @@ def conv_bn_act(in_channels: int, out_channels: int, kernel_size: int = 1, strid
     ]
     if activation:
         layers.append(ACTIVATIONS[activation]())
-    return nn.SequentialCell(layers)
+    return ConvBNAct(layers, activation)
 
 
 class GlobalAvgPool(nn.Cell):

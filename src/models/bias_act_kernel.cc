@@ -1,0 +1,58 @@
+// Bias + activation in one pass for MindSpore AOT custom ops on CPU (the inference form of conv -> BN ->
+// activation once BatchNorm is folded into the convolution): y[n, c, ...] = act(x[n, c, ...] + bias[c]),
+// NCHW float32.  One exported symbol per activation: BiasIdentity, BiasReLU, BiasReLU6, BiasHSwish.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+namespace {
+
+struct Identity {
+  static float Apply(float z) { return z; }
+};
+struct ReLU {
+  static float Apply(float z) { return std::max(z, 0.0f); }
+};
+struct ReLU6 {
+  static float Apply(float z) { return std::min(std::max(z, 0.0f), 6.0f); }
+};
+struct HSwish {  // z * relu6(z + 3) / 6
+  static float Apply(float z) { return z * std::min(std::max(z + 3.0f, 0.0f), 6.0f) / 6.0f; }
+};
+
+template <typename Act>
+int BiasAct(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
+  if (nparam != 3 || ndims[0] < 2 || ndims[1] != 1) return 1;
+  for (int i = 0; i < nparam; ++i) {
+    if (std::strcmp(dtypes[i], "float32") != 0) return 1;
+  }
+  const int64_t n = shapes[0][0], c = shapes[0][1];
+  if (shapes[1][0] != c) return 1;
+  int64_t plane = 1;
+  for (int d = 2; d < ndims[0]; ++d) plane *= shapes[0][d];
+  const float* x = static_cast<const float*>(params[0]);
+  const float* bias = static_cast<const float*>(params[1]);
+  float* y = static_cast<float*>(params[2]);
+#pragma omp parallel for schedule(static) if (n * c * plane > 65536)
+  for (int64_t i = 0; i < n * c; ++i) {
+    const float b = bias[i % c];
+    const float* src = x + i * plane;
+    float* dst = y + i * plane;
+    for (int64_t j = 0; j < plane; ++j) dst[j] = Act::Apply(src[j] + b);
+  }
+  return 0;
+}
+
+}  // namespace
+
+#define BIAS_ACT_EXPORT(name, act)                                                                        \
+  extern "C" int name(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, \
+                      void*) {                                                                            \
+    return BiasAct<act>(nparam, params, ndims, shapes, dtypes);                                           \
+  }
+
+BIAS_ACT_EXPORT(BiasIdentity, Identity)
+BIAS_ACT_EXPORT(BiasReLU, ReLU)
+BIAS_ACT_EXPORT(BiasReLU6, ReLU6)
+BIAS_ACT_EXPORT(BiasHSwish, HSwish)
