@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from src.models import create_model
+from src.models.layers import conv_bn_act, use_portable_ops
 from src.models import depthwise
 from src.models.depthwise import DepthwiseConv2d
 from src.model_utils.config import ROOT_DIR
@@ -194,3 +195,41 @@ def test_bias_activation_matches_composed_ops(mode, activation):
     for got, want in zip(ms.grad(fused, grad_position=(0, 1))(x, bias, dy),
                          ms.grad(composed, grad_position=(0, 1))(x, bias, dy)):
         np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), rtol=1e-5, atol=1e-5)
+
+
+class SumWith(nn.Cell):
+    """(net(x) * dy).sum()"""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def construct(self, x, dy):
+        return (self.net(x) * dy).sum()
+
+
+@pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], indirect=True)
+@pytest.mark.parametrize("activation", [None, "relu", "relu6", "hswish"])
+def test_training_batchnorm_op_matches_builtin(mode, activation):
+    """conv -> BatchNorm -> activation in training mode with the C++ BatchNorm + activation op equals
+    MindSpore's BatchNorm and activation: output, gradients of input and every parameter, moving statistics."""
+    nets = [conv_bn_act(4, 6, 3, activation=activation) for _ in range(2)]
+    fused, builtin = nets
+    use_portable_ops(builtin)
+    assert fused.bn_act is not None
+    rng = np.random.default_rng(4)
+    for param in fused.get_parameters():
+        if param.name.endswith(("gamma", "beta", "moving_mean")):
+            param.set_data(ms.Tensor(rng.normal(0.5, 0.5, param.shape).astype(np.float32)))
+    ms.load_param_into_net(builtin, {p.name: p.clone() for p in fused.get_parameters()})
+    x = ms.Tensor((rng.standard_normal((3, 4, 9, 8)) * 2 + 1).astype(np.float32))
+    dy = ms.Tensor(rng.standard_normal((3, 6, 9, 8)).astype(np.float32))
+    results = []
+    for net in nets:
+        net.set_train(True)
+        out = net(x).asnumpy()
+        grads = ms.grad(SumWith(net), grad_position=0, weights=net.trainable_params())(x, dy)
+        results.append([out, grads[0].asnumpy(), *[g.asnumpy() for g in grads[1]],
+                        net[1].moving_mean.asnumpy(), net[1].moving_variance.asnumpy()])
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(want).max()))

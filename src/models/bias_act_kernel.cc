@@ -1,25 +1,14 @@
 // Bias + activation in one pass for MindSpore AOT custom ops on CPU (the inference form of conv -> BN ->
 // activation once BatchNorm is folded into the convolution): y[n, c, ...] = act(x[n, c, ...] + bias[c]),
-// NCHW float32.  One exported symbol per activation: BiasIdentity, BiasReLU, BiasReLU6, BiasHSwish.
+// NCHW float32.  One exported symbol per activation: BiasIdentity, BiasReLU, BiasReLU6, BiasHSwish
+// (activations in kernel_util.h).
 
-#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
-namespace {
+#include "kernel_util.h"
 
-struct Identity {
-  static float Apply(float z) { return z; }
-};
-struct ReLU {
-  static float Apply(float z) { return std::max(z, 0.0f); }
-};
-struct ReLU6 {
-  static float Apply(float z) { return std::min(std::max(z, 0.0f), 6.0f); }
-};
-struct HSwish {  // z * relu6(z + 3) / 6
-  static float Apply(float z) { return z * std::min(std::max(z + 3.0f, 0.0f), 6.0f) / 6.0f; }
-};
+namespace {
 
 template <typename Act>
 int BiasAct(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
@@ -34,12 +23,18 @@ int BiasAct(int nparam, void** params, int* ndims, int64_t** shapes, const char*
   const float* x = static_cast<const float*>(params[0]);
   const float* bias = static_cast<const float*>(params[1]);
   float* y = static_cast<float*>(params[2]);
-#pragma omp parallel for schedule(static) if (n * c * plane > 65536)
-  for (int64_t i = 0; i < n * c; ++i) {
-    const float b = bias[i % c];
-    const float* src = x + i * plane;
-    float* dst = y + i * plane;
-    for (int64_t j = 0; j < plane; ++j) dst[j] = Act::Apply(src[j] + b);
+#pragma omp parallel if (n * c * plane > 65536)
+  {
+    FlushDenormals flush;
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n * c; ++i) {
+      const float b = bias[i % c];
+      const float* src = x + i * plane;
+      float* dst = y + i * plane;
+      const int64_t body = plane / kV8 * kV8;
+      for (int64_t j = 0; j < body; j += kV8) Store(dst + j, Act::Apply(Load(src + j) + b));
+      for (int64_t j = body; j < plane; ++j) dst[j] = Act::Apply(src[j] + b);
+    }
   }
   return 0;
 }

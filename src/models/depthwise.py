@@ -1,7 +1,8 @@
 """C++ CPU kernels as MindSpore AOT custom ops: depthwise convolution (much faster on CPU than the built-in
-grouped convolution) and bias + activation in one pass (`bias_act_op`, for folded BatchNorm in inference).
-The kernel library is compiled from depthwise_kernel.cc and bias_act_kernel.cc with g++ on first use and
-cached (see `kernel_library`); without it, or off CPU, or with `portable` set, built-in operators run."""
+grouped convolution), bias + activation in one pass (`bias_act_op`, for folded BatchNorm in inference) and
+training-mode BatchNorm + activation (`batchnorm_train_op`).  The kernel library is compiled from the
+*_kernel.cc files here with g++ on first use and cached (see `kernel_library`); without it, or off CPU, or
+with `portable` set, built-in operators run."""
 import hashlib
 import logging
 import os
@@ -14,7 +15,9 @@ import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("depthwise_kernel.cc", "bias_act_kernel.cc"))
+SOURCES = tuple(Path(__file__).with_name(name)
+                for name in ("depthwise_kernel.cc", "bias_act_kernel.cc", "batchnorm_kernel.cc"))
+HEADERS = (Path(__file__).with_name("kernel_util.h"),)
 STRIDES = (1, 2)
 
 _library = {}
@@ -36,7 +39,7 @@ def compiler_flags() -> list:
 
 
 def _build() -> str:
-    source = b"".join(path.read_bytes() for path in SOURCES)
+    source = b"".join(path.read_bytes() for path in SOURCES + HEADERS)
     flags = compiler_flags()
     key = hashlib.sha256(source + " ".join(flags).encode()).hexdigest()[:16]
     target = cache_dir() / f"depthwise_{key}.so"
@@ -104,17 +107,42 @@ def _bias_act_bprop(activation):
     return bprop
 
 
-BIAS_ACT_SYMBOLS = {None: "BiasIdentity", "relu": "BiasReLU", "relu6": "BiasReLU6", "hswish": "BiasHSwish"}
+ACTIVATION_SYMBOLS = {None: "Identity", "relu": "ReLU", "relu6": "ReLU6", "hswish": "HSwish"}
+
+
+def cpu_library():
+    """The kernel library on a CPU target, else None."""
+    return kernel_library() if ms.get_context("device_target") == "CPU" else None
 
 
 def bias_act_op(activation):
     """Custom op y = activation(x + bias[c]) on NCHW x in one pass (`activation`: None, "relu", "relu6" or
     "hswish"), or None where the kernel library is unavailable or the target is not CPU."""
-    library = kernel_library() if ms.get_context("device_target") == "CPU" else None
+    library = cpu_library()
     if library is None:
         return None
-    return ops.Custom(f"{library}:{BIAS_ACT_SYMBOLS[activation]}", out_shape=lambda x, b: x,
+    return ops.Custom(f"{library}:Bias{ACTIVATION_SYMBOLS[activation]}", out_shape=lambda x, b: x,
                       out_dtype=lambda x, b: x, func_type="aot", bprop=_bias_act_bprop(activation))
+
+
+def batchnorm_train_op(activation):
+    """Custom op (y, mean, var) = BatchNorm + `activation` in training mode on NCHW x, called as
+    op(x, gamma, beta, eps) with eps a 1-element tensor: y = act(gamma * (x - mean) / sqrt(var + eps) + beta),
+    mean and (biased) var over N, H, W.  Its gradient op recomputes the pre-activation from x.  None where the
+    kernel library is unavailable or the target is not CPU."""
+    library = cpu_library()
+    if library is None:
+        return None
+    name = ACTIVATION_SYMBOLS[activation]
+    grad = ops.Custom(f"{library}:BNTrainGrad{name}", out_shape=lambda x, g, *_: (x, g, g),
+                      out_dtype=lambda x, g, *_: (x, g, g), func_type="aot")
+
+    def bprop(x, gamma, beta, eps, out, dout):
+        dx, dgamma, dbeta = grad(x, gamma, beta, eps, out[1], out[2], dout[0])
+        return dx, dgamma, dbeta, ops.zeros_like(eps)
+
+    return ops.Custom(f"{library}:BNTrain{name}", out_shape=lambda x, g, *_: (x, g, g),
+                      out_dtype=lambda x, g, *_: (x, g, g), func_type="aot", bprop=bprop)
 
 
 class DepthwiseConv2d(nn.Conv2d):

@@ -16,6 +16,8 @@
 #include <cstring>
 #include <vector>
 
+#include "kernel_util.h"
+
 namespace {
 
 struct Geometry {
@@ -99,6 +101,7 @@ void ForPlanes(const Geometry& g, int64_t scratch_size, Body body) {
   const bool parallel = planes > 1 && planes * g.ho * g.wo * g.k * g.k > 32768;
 #pragma omp parallel if (parallel)
   {
+    FlushDenormals flush;
     std::vector<float> scratch(scratch_size);
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < planes; ++i) body(i, scratch.data());
@@ -228,6 +231,7 @@ int WeightGrad(int nparam, void** params, int* ndims, int64_t** shapes, const ch
   // number of threads.
 #pragma omp parallel if (parallel)
   {
+    FlushDenormals flush;
     std::vector<float> scratch(PhaseBufferSize(g) + GradGridSize(g));
     std::vector<Chunk> sums(taps);  // per tap: CHUNK partial sums over the channel's images and positions
     int64_t offsets[64];

@@ -4,7 +4,7 @@ import mindspore.nn as nn
 import mindspore.ops as ops
 from mindspore import Parameter, Tensor
 
-from src.models.depthwise import DepthwiseConv2d, bias_act_op
+from src.models.depthwise import DepthwiseConv2d, batchnorm_train_op, bias_act_op
 
 BN_MOMENTUM = 0.99
 BN_EPS = 1e-3
@@ -101,16 +101,22 @@ ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hswish": HSwish, "hsigmoid":
 
 class ConvBNAct(nn.SequentialCell):
     """Conv -> BatchNorm -> activation (a SequentialCell: parameter names `<i>.0.weight`, `<i>.1.gamma`, ...).
-    In inference the BatchNorm is folded into the convolution: conv(x, w * s) + (beta - mean * s) with
-    s = gamma / sqrt(var + eps), one pass over the activations fewer (unless `portable` is set, see
-    `use_portable_ops`: then conv, BatchNorm and activation run as written, as in training)."""
+    On CPU, in training BatchNorm (batch statistics) and activation are one C++ op (`batchnorm_train_op`); in
+    inference the BatchNorm is folded into the convolution: conv(x, w * s) + (beta - mean * s) with
+    s = gamma / sqrt(var + eps), then bias + activation in one pass.  With `portable` set (see
+    `use_portable_ops`) conv, BatchNorm and activation run as written."""
 
     def __init__(self, layers, activation=None):
         super().__init__(layers)
         self.portable = False
         self.bias_act = bias_act_op(activation)  # bias + activation in one pass (None: not available)
+        self.bn_act = batchnorm_train_op(activation)  # training BatchNorm + activation (None: not available)
+        self.eps = Tensor([layers[1].eps], ms.float32)
 
     def construct(self, x):
+        bn = self.cell_list[1]
+        if self.training and not self.portable and self.bn_act is not None and bn.use_batch_statistics is None:
+            return self._train_fused(x, bn)
         if self.training or self.portable:
             for cell in self.cell_list:
                 x = cell(x)
@@ -125,6 +131,18 @@ class ConvBNAct(nn.SequentialCell):
         if len(self.cell_list) > 2:
             x = self.cell_list[2](x)
         return x
+
+
+    def _train_fused(self, x, bn):
+        """conv, then BatchNorm on batch statistics + activation in one C++ op; the moving statistics are
+        updated as MindSpore's BatchNorm does (unbiased variance, weight `bn.momentum` on the batch)."""
+        x = self.cell_list[0](x)
+        y, mean, var = self.bn_act(x, bn.gamma, bn.beta, self.eps)
+        count = x.shape[0] * x.shape[2] * x.shape[3]
+        unbiased = var * (count / max(count - 1, 1))
+        ops.assign(bn.moving_mean, bn.moving_mean * (1.0 - bn.momentum) + mean * bn.momentum)
+        ops.assign(bn.moving_variance, bn.moving_variance * (1.0 - bn.momentum) + unbiased * bn.momentum)
+        return y
 
 
 def conv_bn_act(in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1, groups: int = 1,
