@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from src.models import create_model
-from src.models.layers import conv_bn_act, use_portable_ops
+from src.models.layers import UnfoldConv2d, conv_bn_act, use_portable_ops
 from src.models import depthwise
 from src.models.depthwise import DepthwiseConv2d
 from src.model_utils.config import ROOT_DIR
@@ -233,3 +233,20 @@ def test_training_batchnorm_op_matches_builtin(mode, activation):
                         net[1].moving_mean.asnumpy(), net[1].moving_variance.asnumpy()])
     for got, want in zip(*results):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(want).max()))
+
+
+@pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], indirect=True)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_stem_im2col_matches_builtin_convolution(mode, stride):
+    """The stem's dense 3x3 convolution as C++ im2col + 1x1 convolution equals MindSpore's Conv2D: output and
+    input / weight gradients, for changing input shapes (odd, even, non-square)."""
+    fast = UnfoldConv2d(3, 8, 3, stride, pad_mode="pad", padding=1)
+    builtin = nn.Conv2d(3, 8, 3, stride, pad_mode="pad", padding=1, has_bias=False)
+    builtin.weight.set_data(fast.weight.data.copy())
+    assert fast.im2col is not None
+    for shape in ((2, 3, 9, 11), (3, 3, 16, 16), (1, 3, 7, 6)):
+        x = random_input(*shape)
+        want, got = forward_and_grads(builtin, x), forward_and_grads(fast, x)
+        for w, g in zip(want, got):
+            assert g.shape == w.shape
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)

@@ -1,6 +1,7 @@
 """C++ CPU kernels as MindSpore AOT custom ops: depthwise convolution (much faster on CPU than the built-in
 grouped convolution), bias + activation in one pass (`bias_act_op`, for folded BatchNorm in inference) and
-training-mode BatchNorm + activation (`batchnorm_train_op`).  The kernel library is compiled from the
+training-mode BatchNorm + activation (`batchnorm_train_op`), BatchNorm folding (`fold_batchnorm_op`) and im2col
+(`im2col_op`, the stem as a 1x1 convolution).  The kernel library is compiled from the
 *_kernel.cc files here with g++ on first use and cached (see `kernel_library`); without it, or off CPU, or
 with `portable` set, built-in operators run."""
 import hashlib
@@ -16,7 +17,7 @@ import mindspore.nn as nn
 import mindspore.ops as ops
 
 SOURCES = tuple(Path(__file__).with_name(name)
-                for name in ("depthwise_kernel.cc", "bias_act_kernel.cc", "batchnorm_kernel.cc"))
+                for name in ("depthwise_kernel.cc", "bias_act_kernel.cc", "batchnorm_kernel.cc", "im2col_kernel.cc"))
 HEADERS = (Path(__file__).with_name("kernel_util.h"),)
 STRIDES = (1, 2)
 
@@ -123,6 +124,49 @@ def bias_act_op(activation):
         return None
     return ops.Custom(f"{library}:Bias{ACTIVATION_SYMBOLS[activation]}", out_shape=lambda x, b: x,
                       out_dtype=lambda x, b: x, func_type="aot", bprop=_bias_act_bprop(activation))
+
+
+def im2col_op(kernel_size: int, stride: int):
+    """Custom op columns = im2col(x) for a k x k convolution with padding k // 2 at `stride` (1 or 2): (N, C, H, W)
+    -> (N, C * k * k, Ho, Wo), column (c * k + kh) * k + kw, so that a 1x1 convolution with the weight reshaped
+    to (out, C * k * k) is the convolution; its gradient is col2im.  None where the kernel library is
+    unavailable or the target is not CPU."""
+    library = cpu_library()
+    if library is None or stride not in STRIDES:
+        return None
+    k, pad = kernel_size, kernel_size // 2
+    col2im = ops.Custom(f"{library}:Col2ImS{stride}", out_shape=lambda x, cols: x,
+                        out_dtype=lambda x, cols: x, func_type="aot")
+
+    def bprop(x, out, dout):
+        return (col2im(x, dout),)
+
+    def out_shape(x):
+        return [x[0], x[1] * k * k, (x[2] + 2 * pad - k) // stride + 1, (x[3] + 2 * pad - k) // stride + 1]
+
+    return ops.Custom(f"{library}:Im2ColS{stride}", out_shape=out_shape, out_dtype=lambda x: x, func_type="aot",
+                      bprop=bprop)
+
+
+def _fold_bprop(w, gamma, beta, mean, var, eps, out, dout):
+    dw_folded, db_folded = dout
+    invstd = 1.0 / ops.sqrt(var + eps)
+    scale = gamma * invstd
+    dw = dw_folded * scale.reshape((-1,) + (1,) * (w.ndim - 1))
+    dscale = (dw_folded * w).reshape(w.shape[0], -1).sum(axis=1) - db_folded * mean
+    return (dw, dscale * invstd, db_folded, -db_folded * scale, -0.5 * dscale * gamma * invstd ** 3,
+            ops.zeros_like(eps))
+
+
+def fold_batchnorm_op():
+    """Custom op (w', b') = fold(w, gamma, beta, mean, var, eps): a convolution weight w (out, ...) and the
+    BatchNorm after it as one convolution with bias, w' = w * s, b' = beta - mean * s, s = gamma / sqrt(var +
+    eps) (eps a 1-element tensor).  None where the kernel library is unavailable or the target is not CPU."""
+    library = cpu_library()
+    if library is None:
+        return None
+    return ops.Custom(f"{library}:FoldBatchNorm", out_shape=lambda w, g, *_: (w, g),
+                      out_dtype=lambda w, g, *_: (w, g), func_type="aot", bprop=_fold_bprop)
 
 
 def batchnorm_train_op(activation):

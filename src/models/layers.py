@@ -4,7 +4,7 @@ import mindspore.nn as nn
 import mindspore.ops as ops
 from mindspore import Parameter, Tensor
 
-from src.models.depthwise import DepthwiseConv2d, batchnorm_train_op, bias_act_op
+from src.models.depthwise import DepthwiseConv2d, batchnorm_train_op, bias_act_op, fold_batchnorm_op, im2col_op
 
 BN_MOMENTUM = 0.99
 BN_EPS = 1e-3
@@ -50,9 +50,9 @@ class HSwish(nn.Cell):
 
 
 class UnfoldConv2d(nn.Conv2d):
-    """A dense k x k convolution (the stem) as unfold (im2col) + a 1x1 convolution on CPU: oneDNN runs
-    MindSpore's CPU Conv2D k x k on plain NCHW with its reference kernel (the 3 -> 16 stem at batch 32, 224x224:
-    ~700 ms forward), while unfold + 1x1 runs as a GEMM (~16 ms).  Same parameters and checkpoints as
+    """A dense k x k convolution (the stem) as im2col (C++ `im2col_op`, else `ops.unfold`) + a 1x1 convolution on
+    CPU: oneDNN runs MindSpore's CPU Conv2D k x k on plain NCHW with its reference kernel (the 3 -> 16 stem at
+    batch 32, 224x224: ~700 ms forward), while im2col + 1x1 runs as a GEMM (~10-16 ms).  Same parameters and checkpoints as
     `nn.Conv2d`; with `portable` set (see `use_portable_ops`) or off CPU the built-in convolution runs."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, pad_mode="pad", padding=0, group=1,
@@ -64,6 +64,7 @@ class UnfoldConv2d(nn.Conv2d):
             raise ValueError("UnfoldConv2d needs group 1, an int kernel_size and stride, padding kernel_size // 2 "
                              "and no bias")
         self.portable = ms.get_context("device_target") != "CPU"
+        self.im2col = im2col_op(kernel_size, stride)  # C++ im2col (None: ops.unfold)
 
     def construct(self, x):
         return self.convolve(x, self.weight)
@@ -74,8 +75,11 @@ class UnfoldConv2d(nn.Conv2d):
             return self.conv2d(x, weight)
         k, stride, pad = self.kernel_size[0], self.stride[0], self.kernel_size[0] // 2
         n, c, h, w = x.shape
-        columns = ops.unfold(x, k, 1, pad, stride).reshape(
-            n, c * k * k, (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1)
+        if self.im2col is not None:
+            columns = self.im2col(x)
+        else:
+            columns = ops.unfold(x, k, 1, pad, stride).reshape(
+                n, c * k * k, (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1)
         return ops.conv2d(columns, weight.reshape(self.out_channels, c * k * k, 1, 1))
 
 
@@ -111,6 +115,7 @@ class ConvBNAct(nn.SequentialCell):
         self.portable = False
         self.bias_act = bias_act_op(activation)  # bias + activation in one pass (None: not available)
         self.bn_act = batchnorm_train_op(activation)  # training BatchNorm + activation (None: not available)
+        self.fold = fold_batchnorm_op()  # inference: BatchNorm folded into the weight in one op (None: ...)
         self.eps = Tensor([layers[1].eps], ms.float32)
 
     def construct(self, x):
@@ -121,10 +126,13 @@ class ConvBNAct(nn.SequentialCell):
             for cell in self.cell_list:
                 x = cell(x)
             return x
-        conv, bn = self.cell_list[0], self.cell_list[1]
-        scale = bn.gamma / ops.sqrt(bn.moving_variance + bn.eps)
-        x = conv.convolve(x, conv.weight * scale.reshape(-1, 1, 1, 1))
-        bias = bn.beta - bn.moving_mean * scale
+        conv = self.cell_list[0]
+        if self.fold is not None:
+            weight, bias = self.fold(conv.weight, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance, self.eps)
+        else:
+            scale = bn.gamma / ops.sqrt(bn.moving_variance + bn.eps)
+            weight, bias = conv.weight * scale.reshape(-1, 1, 1, 1), bn.beta - bn.moving_mean * scale
+        x = conv.convolve(x, weight)
         if self.bias_act is not None:
             return self.bias_act(x, bias)
         x = ops.bias_add(x, bias)
