@@ -250,3 +250,35 @@ def test_stem_im2col_matches_builtin_convolution(mode, stride):
         for w, g in zip(want, got):
             assert g.shape == w.shape
             np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+class DepthwiseBiasAct(nn.Cell):
+    """(activation(depthwise(x) + bias) * dy).sum() with the fused C++ op or as separate operators."""
+
+    def __init__(self, conv, activation, fused):
+        super().__init__()
+        self.conv = conv
+        self.op = conv.bias_act_op(activation) if fused else None
+        self.act = BiasAct(activation, False)
+
+    def construct(self, x, bias, dy):
+        if self.op is not None:
+            return (self.op(x, self.conv.weight, bias) * dy).sum()
+        return self.act(self.conv(x), bias, dy)
+
+
+@pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], indirect=True)
+@pytest.mark.parametrize("activation,stride", [(None, 1), ("relu", 2), ("relu6", 1), ("hswish", 2)])
+def test_depthwise_with_bias_activation_matches_separate_ops(mode, activation, stride):
+    """The inference epilogue fused into the depthwise kernel equals conv, bias_add, activation: forward and the
+    gradients of input, weight and bias."""
+    conv = DepthwiseConv2d(6, 6, 3, stride, pad_mode="pad", padding=1, group=6)
+    rng = np.random.default_rng(5)
+    x = random_input(2, 6, 9, 8)
+    bias = ms.Tensor(rng.standard_normal(6).astype(np.float32))
+    dy = ms.Tensor(rng.standard_normal((2, 6, (9 - 1) // stride + 1, (8 - 1) // stride + 1)).astype(np.float32))
+    fused, separate = DepthwiseBiasAct(conv, activation, True), DepthwiseBiasAct(conv, activation, False)
+    np.testing.assert_allclose(fused(x, bias, dy).asnumpy(), separate(x, bias, dy).asnumpy(), rtol=1e-5)
+    grads = [ms.grad(net, grad_position=(0, 1), weights=[conv.weight])(x, bias, dy) for net in (fused, separate)]
+    for got, want in zip([*grads[0][0], *grads[0][1]], [*grads[1][0], *grads[1][1]]):
+        np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), rtol=1e-5, atol=1e-5)

@@ -79,32 +79,56 @@ def _conv_output_shape(x_shape, w_shape, stride):
             (x_shape[3] + 2 * (k // 2) - k) // stride + 1]
 
 
+def _aot(library, symbol, out_shape, bprop=None):
+    return ops.Custom(f"{library}:{symbol}", out_shape=out_shape, out_dtype=lambda x, *_: x, func_type="aot",
+                      bprop=bprop)
+
+
+def _depthwise_grads(library, stride):
+    return (_aot(library, f"DepthwiseInputGradS{stride}", lambda x, w, dy: x),
+            _aot(library, f"DepthwiseWeightGradS{stride}", lambda x, w, dy: w))
+
+
 def depthwise_op(library: str, stride: int) -> ops.Custom:
     """Custom op y = depthwise_conv(x, w) at `stride`, with its gradient ops as bprop."""
-    def aot(symbol, out_shape, bprop=None):
-        return ops.Custom(f"{library}:{symbol}S{stride}", out_shape=out_shape, out_dtype=lambda x, *_: x,
-                          func_type="aot", bprop=bprop)
-
-    input_grad = aot("DepthwiseInputGrad", lambda x, w, dy: x)
-    weight_grad = aot("DepthwiseWeightGrad", lambda x, w, dy: w)
+    input_grad, weight_grad = _depthwise_grads(library, stride)
 
     def bprop(x, w, out, dout):
         return input_grad(x, w, dout), weight_grad(x, w, dout)
 
-    return aot("DepthwiseForward", lambda x, w: _conv_output_shape(x, w, stride), bprop)
+    return _aot(library, f"DepthwiseForwardS{stride}", lambda x, w: _conv_output_shape(x, w, stride), bprop)
+
+
+def depthwise_bias_act_op(library: str, stride: int, activation) -> ops.Custom:
+    """Custom op y = activation(depthwise_conv(x, w) + bias[c]) at `stride` in one pass (inference with folded
+    BatchNorm), with its gradient as bprop."""
+    forward = depthwise_op(library, stride)
+    input_grad, weight_grad = _depthwise_grads(library, stride)
+
+    def bprop(x, w, bias, out, dout):
+        dz = _activation_grad(ops.bias_add(forward(x, w), bias), dout, activation)
+        return input_grad(x, w, dz), weight_grad(x, w, dz), dz.sum(axis=(0, 2, 3))
+
+    return _aot(library, f"DepthwiseForward{ACTIVATION_SYMBOLS[activation]}S{stride}",
+                lambda x, w, b: _conv_output_shape(x, w, stride), bprop)
+
+
+def _activation_grad(z, dout, activation):
+    """dout * activation'(z)."""
+    if activation == "relu":
+        return dout * (z > 0).astype(z.dtype)
+    if activation == "relu6":
+        return dout * ((z > 0) & (z < 6)).astype(z.dtype)
+    if activation == "hswish":
+        slope = ops.where(z >= 3, ops.ones_like(z), (2 * z + 3) / 6)  # d/dz z * relu6(z + 3) / 6
+        return dout * ops.where(z > -3, slope, ops.zeros_like(z))
+    return dout
 
 
 def _bias_act_bprop(activation):
     def bprop(x, bias, out, dout):
-        z = ops.bias_add(x, bias)
-        if activation == "relu":
-            dout = dout * (z > 0).astype(z.dtype)
-        elif activation == "relu6":
-            dout = dout * ((z > 0) & (z < 6)).astype(z.dtype)
-        elif activation == "hswish":
-            slope = ops.where(z >= 3, ops.ones_like(z), (2 * z + 3) / 6)  # d/dz z * relu6(z + 3) / 6
-            dout = dout * ops.where(z > -3, slope, ops.zeros_like(z))
-        return dout, dout.sum(axis=(0, 2, 3))
+        dz = _activation_grad(ops.bias_add(x, bias), dout, activation)
+        return dz, dz.sum(axis=(0, 2, 3))
     return bprop
 
 
@@ -204,8 +228,8 @@ class DepthwiseConv2d(nn.Conv2d):
             raise ValueError("DepthwiseConv2d needs group == in == out channels, an odd int kernel_size, "
                              f"padding kernel_size // 2, stride in {STRIDES} and no bias")
         self.portable = False
-        library = kernel_library() if ms.get_context("device_target") == "CPU" else None
-        self.kernel = depthwise_op(library, stride) if library else None
+        self.library = cpu_library()
+        self.kernel = depthwise_op(self.library, stride) if self.library else None
 
     def construct(self, x):
         return self.convolve(x, self.weight)
@@ -215,3 +239,10 @@ class DepthwiseConv2d(nn.Conv2d):
         if self.portable or self.kernel is None:
             return self.conv2d(x, weight)
         return self.kernel(x, weight)
+
+    def bias_act_op(self, activation):
+        """Custom op (x, weight, bias) -> activation(conv(x, weight) + bias[c]) in one C++ pass (inference with
+        folded BatchNorm), or None without the kernel."""
+        if self.kernel is None:
+            return None
+        return depthwise_bias_act_op(self.library, self.stride[0], activation)

@@ -148,13 +148,17 @@ void GradGrid(const float* dy, const Geometry& g, float* grid) {
 }
 int64_t GradGridSize(const Geometry& g) { return Margin(g) + std::max(GridSize(g), RoundUp(g.plane())) + CHUNK; }
 
-template <int64_t S>
-int Forward(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
+// Forward pass; with kBias the inference epilogue y = act(conv + bias[c]) (folded BatchNorm) is applied while
+// the plane is written, saving a pass over the output.
+template <int64_t S, bool kBias, typename Act>
+int ForwardImpl(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
   Geometry g;
-  if (nparam != 3 || !MakeGeometry(nparam, ndims, shapes, dtypes, S, &g)) return 1;
+  if (nparam != (kBias ? 4 : 3) || !MakeGeometry(2, ndims, shapes, dtypes, S, &g)) return 1;
+  if (kBias && (ndims[2] != 1 || shapes[2][0] != g.c || std::strcmp(dtypes[2], "float32") != 0)) return 1;
   const float* x = static_cast<const float*>(params[0]);
   const float* w = static_cast<const float*>(params[1]);
-  float* y = static_cast<float*>(params[2]);
+  const float* bias = kBias ? static_cast<const float*>(params[2]) : nullptr;
+  float* y = static_cast<float*>(params[kBias ? 3 : 2]);
   const int64_t taps = g.k * g.k, grid = GridSize(g);
   ForPlanes(g, PhaseBufferSize(g) + grid, [&](int64_t i, float* scratch) {
     float* phases = scratch;
@@ -164,9 +168,13 @@ int Forward(int nparam, void** params, int* ndims, int64_t** shapes, const char*
     const float* wc = w + (i % g.c) * taps;
     int64_t offsets[64];
     for (int64_t t = 0; t < taps; ++t) offsets[t] = g.offset(t / g.k, t % g.k, 0);
+    const float b = kBias ? bias[i % g.c] : 0.0f;
     for (int64_t t0 = 0; t0 < grid; t0 += CHUNK) {
       Chunk acc;
       for (int64_t t = 0; t < taps; ++t) acc.MulAdd(wc[t], phases + offsets[t] + t0);  // row-major tap order
+      if (kBias) {
+        for (int v = 0; v < 4; ++v) acc.v[v] = Act::Apply(acc.v[v] + b);
+      }
       acc.Store(out + t0);
     }
     for (int64_t oh = 0; oh < g.ho; ++oh) {
@@ -174,6 +182,16 @@ int Forward(int nparam, void** params, int* ndims, int64_t** shapes, const char*
     }
   });
   return 0;
+}
+
+template <int64_t S>
+int Forward(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
+  return ForwardImpl<S, false, Identity>(nparam, params, ndims, shapes, dtypes);
+}
+
+template <int64_t S, typename Act>
+int ForwardBiasAct(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
+  return ForwardImpl<S, true, Act>(nparam, params, ndims, shapes, dtypes);
 }
 
 template <int64_t S>
@@ -277,3 +295,19 @@ DEPTHWISE_EXPORT(DepthwiseInputGradS1, InputGrad, 1)
 DEPTHWISE_EXPORT(DepthwiseInputGradS2, InputGrad, 2)
 DEPTHWISE_EXPORT(DepthwiseWeightGradS1, WeightGrad, 1)
 DEPTHWISE_EXPORT(DepthwiseWeightGradS2, WeightGrad, 2)
+
+#define DEPTHWISE_BIAS_EXPORT(name, stride, act)                                                          \
+  extern "C" int name(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, \
+                      void*) {                                                                            \
+    return ForwardBiasAct<stride, act>(nparam, params, ndims, shapes, dtypes);                            \
+  }
+
+// DepthwiseForward{Identity,ReLU,ReLU6,HSwish}S{1,2}(x, w, bias) -> act(conv(x, w) + bias[c])  (inference)
+DEPTHWISE_BIAS_EXPORT(DepthwiseForwardIdentityS1, 1, Identity)
+DEPTHWISE_BIAS_EXPORT(DepthwiseForwardIdentityS2, 2, Identity)
+DEPTHWISE_BIAS_EXPORT(DepthwiseForwardReLUS1, 1, ReLU)
+DEPTHWISE_BIAS_EXPORT(DepthwiseForwardReLUS2, 2, ReLU)
+DEPTHWISE_BIAS_EXPORT(DepthwiseForwardReLU6S1, 1, ReLU6)
+DEPTHWISE_BIAS_EXPORT(DepthwiseForwardReLU6S2, 2, ReLU6)
+DEPTHWISE_BIAS_EXPORT(DepthwiseForwardHSwishS1, 1, HSwish)
+DEPTHWISE_BIAS_EXPORT(DepthwiseForwardHSwishS2, 2, HSwish)

@@ -116,6 +116,8 @@ class ConvBNAct(nn.SequentialCell):
         self.bias_act = bias_act_op(activation)  # bias + activation in one pass (None: not available)
         self.bn_act = batchnorm_train_op(activation)  # training BatchNorm + activation (None: not available)
         self.fold = fold_batchnorm_op()  # inference: BatchNorm folded into the weight in one op (None: ...)
+        conv = layers[0]  # a depthwise conv does bias + activation itself (inference)
+        self.conv_bias_act = conv.bias_act_op(activation) if isinstance(conv, DepthwiseConv2d) else None
         self.eps = Tensor([layers[1].eps], ms.float32)
 
     def construct(self, x):
@@ -132,6 +134,8 @@ class ConvBNAct(nn.SequentialCell):
         else:
             scale = bn.gamma / ops.sqrt(bn.moving_variance + bn.eps)
             weight, bias = conv.weight * scale.reshape(-1, 1, 1, 1), bn.beta - bn.moving_mean * scale
+        if self.conv_bias_act is not None:
+            return self.conv_bias_act(x, weight, bias)
         x = conv.convolve(x, weight)
         if self.bias_act is not None:
             return self.bias_act(x, bias)
