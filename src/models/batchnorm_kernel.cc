@@ -20,9 +20,7 @@ struct Shape {
 };
 
 bool GetShape(int nparam, int* ndims, int64_t** shapes, const char** dtypes, Shape* s) {
-  for (int i = 0; i < nparam; ++i) {
-    if (std::strcmp(dtypes[i], "float32") != 0) return false;
-  }
+  if (!AllFloat32(nparam, dtypes)) return false;
   if (ndims[0] < 2 || ndims[1] != 1 || ndims[2] != 1 || ndims[3] != 1) return false;
   s->n = shapes[0][0];
   s->c = shapes[0][1];
@@ -159,17 +157,11 @@ int Backward(int nparam, void** params, int* ndims, int64_t** shapes, const char
 
 }  // namespace
 
-#define BN_EXPORT(name, impl, act)                                                                        \
-  extern "C" int name(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, \
-                      void*) {                                                                            \
-    return impl<act>(nparam, params, ndims, shapes, dtypes);                                              \
-  }
-
-BN_EXPORT(BNTrainIdentity, Forward, Identity)
-BN_EXPORT(BNTrainReLU, Forward, ReLU)
-BN_EXPORT(BNTrainReLU6, Forward, ReLU6)
-BN_EXPORT(BNTrainHSwish, Forward, HSwish)
-BN_EXPORT(BNTrainGradIdentity, Backward, Identity)
-BN_EXPORT(BNTrainGradReLU, Backward, ReLU)
-BN_EXPORT(BNTrainGradReLU6, Backward, ReLU6)
-BN_EXPORT(BNTrainGradHSwish, Backward, HSwish)
+AOT_EXPORT(BNTrainIdentity, Forward<Identity>)
+AOT_EXPORT(BNTrainReLU, Forward<ReLU>)
+AOT_EXPORT(BNTrainReLU6, Forward<ReLU6>)
+AOT_EXPORT(BNTrainHSwish, Forward<HSwish>)
+AOT_EXPORT(BNTrainGradIdentity, Backward<Identity>)
+AOT_EXPORT(BNTrainGradReLU, Backward<ReLU>)
+AOT_EXPORT(BNTrainGradReLU6, Backward<ReLU6>)
+AOT_EXPORT(BNTrainGradHSwish, Backward<HSwish>)

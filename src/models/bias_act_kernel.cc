@@ -13,10 +13,7 @@ namespace {
 
 template <typename Act>
 int BiasAct(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
-  if (nparam != 3 || ndims[0] < 2 || ndims[1] != 1) return 1;
-  for (int i = 0; i < nparam; ++i) {
-    if (std::strcmp(dtypes[i], "float32") != 0) return 1;
-  }
+  if (nparam != 3 || ndims[0] < 2 || ndims[1] != 1 || !AllFloat32(nparam, dtypes)) return 1;
   const int64_t n = shapes[0][0], c = shapes[0][1];
   if (shapes[1][0] != c) return 1;
   int64_t plane = 1;
@@ -42,27 +39,19 @@ int BiasAct(int nparam, void** params, int* ndims, int64_t** shapes, const char*
 
 }  // namespace
 
-#define BIAS_ACT_EXPORT(name, act)                                                                        \
-  extern "C" int name(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, \
-                      void*) {                                                                            \
-    return BiasAct<act>(nparam, params, ndims, shapes, dtypes);                                           \
-  }
-
-BIAS_ACT_EXPORT(BiasIdentity, Identity)
-BIAS_ACT_EXPORT(BiasReLU, ReLU)
-BIAS_ACT_EXPORT(BiasReLU6, ReLU6)
-BIAS_ACT_EXPORT(BiasHSwish, HSwish)
+AOT_EXPORT(BiasIdentity, BiasAct<Identity>)
+AOT_EXPORT(BiasReLU, BiasAct<ReLU>)
+AOT_EXPORT(BiasReLU6, BiasAct<ReLU6>)
+AOT_EXPORT(BiasHSwish, BiasAct<HSwish>)
 
 // BatchNorm folded into the preceding convolution (inference):
 //   FoldBatchNorm(w, gamma, beta, mean, var, eps) -> (w', b'),  s = gamma / sqrt(var + eps),
 //   w'[o, ...] = w[o, ...] * s[o],  b' = beta - mean * s
 // one op instead of seven small ones per layer (their launch overhead was ~10% of a MobileNetV3-small batch).
-extern "C" int FoldBatchNorm(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*,
-                             void*) {
-  if (nparam != 8 || ndims[0] < 1) return 1;
-  for (int i = 0; i < nparam; ++i) {
-    if (std::strcmp(dtypes[i], "float32") != 0) return 1;
-  }
+namespace {
+
+int Fold(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
+  if (nparam != 8 || ndims[0] < 1 || !AllFloat32(nparam, dtypes)) return 1;
   const int64_t out = shapes[0][0];
   int64_t inner = 1;
   for (int d = 1; d < ndims[0]; ++d) inner *= shapes[0][d];
@@ -84,3 +73,7 @@ extern "C" int FoldBatchNorm(int nparam, void** params, int* ndims, int64_t** sh
   }
   return 0;
 }
+
+}  // namespace
+
+AOT_EXPORT(FoldBatchNorm, Fold)

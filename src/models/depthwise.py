@@ -1,9 +1,9 @@
 """C++ CPU kernels as MindSpore AOT custom ops: depthwise convolution (much faster on CPU than the built-in
-grouped convolution), bias + activation in one pass (`bias_act_op`, for folded BatchNorm in inference) and
+grouped convolution), bias + activation in one pass (`bias_act_op`, for folded BatchNorm in inference),
 training-mode BatchNorm + activation (`batchnorm_train_op`), BatchNorm folding (`fold_batchnorm_op`) and im2col
-(`im2col_op`, the stem as a 1x1 convolution).  The kernel library is compiled from the
-*_kernel.cc files here with g++ on first use and cached (see `kernel_library`); without it, or off CPU, or
-with `portable` set, built-in operators run."""
+(`im2col_op`, the stem as a 1x1 convolution).  The kernel library is compiled from the *_kernel.cc files here
+with g++ on first use and cached (see `kernel_library`); without it, or off CPU, or with `portable` set,
+built-in operators run."""
 import hashlib
 import logging
 import os
@@ -79,8 +79,10 @@ def _conv_output_shape(x_shape, w_shape, stride):
             (x_shape[3] + 2 * (k // 2) - k) // stride + 1]
 
 
-def _aot(library, symbol, out_shape, bprop=None):
-    return ops.Custom(f"{library}:{symbol}", out_shape=out_shape, out_dtype=lambda x, *_: x, func_type="aot",
+def _aot(library, symbol, out_shape, bprop=None, out_dtype=lambda x, *_: x):
+    """ops.Custom for `symbol` of the kernel library; `out_shape` / `out_dtype` map the inputs' shapes / dtypes to
+    the outputs' (by default one output of the first input's dtype)."""
+    return ops.Custom(f"{library}:{symbol}", out_shape=out_shape, out_dtype=out_dtype, func_type="aot",
                       bprop=bprop)
 
 
@@ -146,8 +148,7 @@ def bias_act_op(activation):
     library = cpu_library()
     if library is None:
         return None
-    return ops.Custom(f"{library}:Bias{ACTIVATION_SYMBOLS[activation]}", out_shape=lambda x, b: x,
-                      out_dtype=lambda x, b: x, func_type="aot", bprop=_bias_act_bprop(activation))
+    return _aot(library, f"Bias{ACTIVATION_SYMBOLS[activation]}", lambda x, b: x, _bias_act_bprop(activation))
 
 
 def im2col_op(kernel_size: int, stride: int):
@@ -159,8 +160,7 @@ def im2col_op(kernel_size: int, stride: int):
     if library is None or stride not in STRIDES:
         return None
     k, pad = kernel_size, kernel_size // 2
-    col2im = ops.Custom(f"{library}:Col2ImS{stride}", out_shape=lambda x, cols: x,
-                        out_dtype=lambda x, cols: x, func_type="aot")
+    col2im = _aot(library, f"Col2ImS{stride}", lambda x, cols: x)
 
     def bprop(x, out, dout):
         return (col2im(x, dout),)
@@ -168,8 +168,7 @@ def im2col_op(kernel_size: int, stride: int):
     def out_shape(x):
         return [x[0], x[1] * k * k, (x[2] + 2 * pad - k) // stride + 1, (x[3] + 2 * pad - k) // stride + 1]
 
-    return ops.Custom(f"{library}:Im2ColS{stride}", out_shape=out_shape, out_dtype=lambda x: x, func_type="aot",
-                      bprop=bprop)
+    return _aot(library, f"Im2ColS{stride}", out_shape, bprop)
 
 
 def _fold_bprop(w, gamma, beta, mean, var, eps, out, dout):
@@ -189,8 +188,11 @@ def fold_batchnorm_op():
     library = cpu_library()
     if library is None:
         return None
-    return ops.Custom(f"{library}:FoldBatchNorm", out_shape=lambda w, g, *_: (w, g),
-                      out_dtype=lambda w, g, *_: (w, g), func_type="aot", bprop=_fold_bprop)
+
+    def weight_and_bias(w, gamma, *_):
+        return w, gamma
+
+    return _aot(library, "FoldBatchNorm", weight_and_bias, _fold_bprop, out_dtype=weight_and_bias)
 
 
 def batchnorm_train_op(activation):
@@ -202,15 +204,17 @@ def batchnorm_train_op(activation):
     if library is None:
         return None
     name = ACTIVATION_SYMBOLS[activation]
-    grad = ops.Custom(f"{library}:BNTrainGrad{name}", out_shape=lambda x, g, *_: (x, g, g),
-                      out_dtype=lambda x, g, *_: (x, g, g), func_type="aot")
+
+    def like_x_and_two_gammas(x, gamma, *_):  # y or dx, then two per-channel vectors
+        return x, gamma, gamma
+
+    grad = _aot(library, f"BNTrainGrad{name}", like_x_and_two_gammas, out_dtype=like_x_and_two_gammas)
 
     def bprop(x, gamma, beta, eps, out, dout):
         dx, dgamma, dbeta = grad(x, gamma, beta, eps, out[1], out[2], dout[0])
         return dx, dgamma, dbeta, ops.zeros_like(eps)
 
-    return ops.Custom(f"{library}:BNTrain{name}", out_shape=lambda x, g, *_: (x, g, g),
-                      out_dtype=lambda x, g, *_: (x, g, g), func_type="aot", bprop=bprop)
+    return _aot(library, f"BNTrain{name}", like_x_and_two_gammas, bprop, out_dtype=like_x_and_two_gammas)
 
 
 class DepthwiseConv2d(nn.Conv2d):

@@ -229,7 +229,9 @@ int InputGrad(int nparam, void** params, int* ndims, int64_t** shapes, const cha
     }
     // Merge reads phase (a, b) at (a * S + b) * g.plane(): repack to that stride first when they differ.
     if (plane != g.plane()) {
-      for (int64_t p = 1; p < S * S; ++p) std::copy(phases + p * plane, phases + p * plane + g.plane(), phases + p * g.plane());
+      for (int64_t p = 1; p < S * S; ++p) {
+        std::copy(phases + p * plane, phases + p * plane + g.plane(), phases + p * g.plane());
+      }
     }
     Merge<S>(phases, g, dx + i * g.h * g.w);
   });
@@ -283,31 +285,19 @@ int WeightGrad(int nparam, void** params, int* ndims, int64_t** shapes, const ch
 
 }  // namespace
 
-#define DEPTHWISE_EXPORT(name, impl, stride)                                                              \
-  extern "C" int name(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, \
-                      void*) {                                                                            \
-    return impl<stride>(nparam, params, ndims, shapes, dtypes);                                           \
-  }
-
-DEPTHWISE_EXPORT(DepthwiseForwardS1, Forward, 1)
-DEPTHWISE_EXPORT(DepthwiseForwardS2, Forward, 2)
-DEPTHWISE_EXPORT(DepthwiseInputGradS1, InputGrad, 1)
-DEPTHWISE_EXPORT(DepthwiseInputGradS2, InputGrad, 2)
-DEPTHWISE_EXPORT(DepthwiseWeightGradS1, WeightGrad, 1)
-DEPTHWISE_EXPORT(DepthwiseWeightGradS2, WeightGrad, 2)
-
-#define DEPTHWISE_BIAS_EXPORT(name, stride, act)                                                          \
-  extern "C" int name(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, \
-                      void*) {                                                                            \
-    return ForwardBiasAct<stride, act>(nparam, params, ndims, shapes, dtypes);                            \
-  }
+AOT_EXPORT(DepthwiseForwardS1, Forward<1>)
+AOT_EXPORT(DepthwiseForwardS2, Forward<2>)
+AOT_EXPORT(DepthwiseInputGradS1, InputGrad<1>)
+AOT_EXPORT(DepthwiseInputGradS2, InputGrad<2>)
+AOT_EXPORT(DepthwiseWeightGradS1, WeightGrad<1>)
+AOT_EXPORT(DepthwiseWeightGradS2, WeightGrad<2>)
 
 // DepthwiseForward{Identity,ReLU,ReLU6,HSwish}S{1,2}(x, w, bias) -> act(conv(x, w) + bias[c])  (inference)
-DEPTHWISE_BIAS_EXPORT(DepthwiseForwardIdentityS1, 1, Identity)
-DEPTHWISE_BIAS_EXPORT(DepthwiseForwardIdentityS2, 2, Identity)
-DEPTHWISE_BIAS_EXPORT(DepthwiseForwardReLUS1, 1, ReLU)
-DEPTHWISE_BIAS_EXPORT(DepthwiseForwardReLUS2, 2, ReLU)
-DEPTHWISE_BIAS_EXPORT(DepthwiseForwardReLU6S1, 1, ReLU6)
-DEPTHWISE_BIAS_EXPORT(DepthwiseForwardReLU6S2, 2, ReLU6)
-DEPTHWISE_BIAS_EXPORT(DepthwiseForwardHSwishS1, 1, HSwish)
-DEPTHWISE_BIAS_EXPORT(DepthwiseForwardHSwishS2, 2, HSwish)
+AOT_EXPORT(DepthwiseForwardIdentityS1, ForwardBiasAct<1, Identity>)
+AOT_EXPORT(DepthwiseForwardIdentityS2, ForwardBiasAct<2, Identity>)
+AOT_EXPORT(DepthwiseForwardReLUS1, ForwardBiasAct<1, ReLU>)
+AOT_EXPORT(DepthwiseForwardReLUS2, ForwardBiasAct<2, ReLU>)
+AOT_EXPORT(DepthwiseForwardReLU6S1, ForwardBiasAct<1, ReLU6>)
+AOT_EXPORT(DepthwiseForwardReLU6S2, ForwardBiasAct<2, ReLU6>)
+AOT_EXPORT(DepthwiseForwardHSwishS1, ForwardBiasAct<1, HSwish>)
+AOT_EXPORT(DepthwiseForwardHSwishS2, ForwardBiasAct<2, HSwish>)

@@ -102,13 +102,7 @@ int Col2Im(int nparam, void** params, int* ndims, int64_t** shapes, const char**
 
 }  // namespace
 
-#define IM2COL_EXPORT(name, impl, stride)                                                                 \
-  extern "C" int name(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, \
-                      void*) {                                                                            \
-    return impl<stride>(nparam, params, ndims, shapes, dtypes);                                           \
-  }
-
-IM2COL_EXPORT(Im2ColS1, Im2Col, 1)
-IM2COL_EXPORT(Im2ColS2, Im2Col, 2)
-IM2COL_EXPORT(Col2ImS1, Col2Im, 1)
-IM2COL_EXPORT(Col2ImS2, Col2Im, 2)
+AOT_EXPORT(Im2ColS1, Im2Col<1>)
+AOT_EXPORT(Im2ColS2, Im2Col<2>)
+AOT_EXPORT(Col2ImS1, Col2Im<1>)
+AOT_EXPORT(Col2ImS2, Col2Im<2>)

@@ -7,6 +7,24 @@
 #include <xmmintrin.h>
 #endif
 
+#include <cstdint>
+
+// Exports `name` with the signature of a MindSpore AOT custom op, calling the kernel function given after it
+// (a template instantiation may contain commas): AOT_EXPORT(DepthwiseForwardS1, Forward<1>).
+#define AOT_EXPORT(name, ...)                                                                             \
+  extern "C" int name(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, \
+                      void*) {                                                                            \
+    return __VA_ARGS__(nparam, params, ndims, shapes, dtypes);                                            \
+  }
+
+// Whether the first n tensors are float32.
+inline bool AllFloat32(int n, const char** dtypes) {
+  for (int i = 0; i < n; ++i) {
+    if (std::strcmp(dtypes[i], "float32") != 0) return false;
+  }
+  return true;
+}
+
 // Treats denormal floats as zero while alive (restores the thread's previous mode): tiny gradients otherwise
 // made the kernels 2x slower.  Construct one inside each OpenMP parallel region.
 class FlushDenormals {

@@ -52,8 +52,9 @@ class HSwish(nn.Cell):
 class UnfoldConv2d(nn.Conv2d):
     """A dense k x k convolution (the stem) as im2col (C++ `im2col_op`, else `ops.unfold`) + a 1x1 convolution on
     CPU: oneDNN runs MindSpore's CPU Conv2D k x k on plain NCHW with its reference kernel (the 3 -> 16 stem at
-    batch 32, 224x224: ~700 ms forward), while im2col + 1x1 runs as a GEMM (~10-16 ms).  Same parameters and checkpoints as
-    `nn.Conv2d`; with `portable` set (see `use_portable_ops`) or off CPU the built-in convolution runs."""
+    batch 32, 224x224: ~700 ms forward), while im2col + 1x1 runs as a GEMM (~10-16 ms).  Same parameters and
+    checkpoints as `nn.Conv2d`; with `portable` set (see `use_portable_ops`) or off CPU the built-in convolution
+    runs."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, pad_mode="pad", padding=0, group=1,
                  has_bias=False):
@@ -92,8 +93,8 @@ class Conv2d(nn.Conv2d):
 
 def use_portable_ops(net: nn.Cell) -> nn.Cell:
     """Switch every layer of `net` that has a faster CPU form (h-swish, h-sigmoid, global pooling, depthwise and
-    dense k x k convolution, BatchNorm folded in inference) to its portable form: the same mathematics from operators that ONNX export supports.
-    Returns `net`."""
+    dense k x k convolution, BatchNorm folded in inference) to its portable form: the same mathematics from
+    operators that ONNX export supports.  Returns `net`."""
     for _, cell in net.cells_and_names():
         if hasattr(cell, "portable"):
             cell.portable = True
@@ -113,11 +114,13 @@ class ConvBNAct(nn.SequentialCell):
     def __init__(self, layers, activation=None):
         super().__init__(layers)
         self.portable = False
-        self.bias_act = bias_act_op(activation)  # bias + activation in one pass (None: not available)
         self.bn_act = batchnorm_train_op(activation)  # training BatchNorm + activation (None: not available)
-        self.fold = fold_batchnorm_op()  # inference: BatchNorm folded into the weight in one op (None: ...)
-        conv = layers[0]  # a depthwise conv does bias + activation itself (inference)
+        # Inference: BatchNorm folded into the weight by one op; then conv + bias + activation in the depthwise
+        # kernel, or bias + activation in one pass after the convolution (each None where not available).
+        self.fold = fold_batchnorm_op()
+        conv = layers[0]
         self.conv_bias_act = conv.bias_act_op(activation) if isinstance(conv, DepthwiseConv2d) else None
+        self.bias_act = bias_act_op(activation) if self.conv_bias_act is None else None
         self.eps = Tensor([layers[1].eps], ms.float32)
 
     def construct(self, x):
@@ -143,7 +146,6 @@ class ConvBNAct(nn.SequentialCell):
         if len(self.cell_list) > 2:
             x = self.cell_list[2](x)
         return x
-
 
     def _train_fused(self, x, bn):
         """conv, then BatchNorm on batch statistics + activation in one C++ op; the moving statistics are

@@ -41,7 +41,8 @@ class MobileNetV1(nn.Cell):
             if isinstance(cell, nn.Conv2d):
                 cell.weight.set_data(initializer(XavierUniform(), cell.weight.shape, cell.weight.dtype))
             elif isinstance(cell, nn.Dense):
-                cell.weight.set_data(initializer(TruncatedNormal(DENSE_SIGMA, a=-2 * DENSE_SIGMA, b=2 * DENSE_SIGMA), cell.weight.shape, cell.weight.dtype))
+                init = TruncatedNormal(DENSE_SIGMA, a=-2 * DENSE_SIGMA, b=2 * DENSE_SIGMA)
+                cell.weight.set_data(initializer(init, cell.weight.shape, cell.weight.dtype))
                 cell.bias.set_data(initializer("zeros", cell.bias.shape, cell.bias.dtype))
 
     def construct(self, x):
