@@ -9,7 +9,7 @@ from src.model_utils.cli import log, run
 from src.model_utils.config import get_config
 from src.model_utils.device import setup_device
 from src.models import create_model
-from src.training import build_model
+from src.training import build_model, evaluate
 
 
 def main():
@@ -17,14 +17,13 @@ def main():
     setup_device(config)
     if not config.checkpoint_path:
         raise UserError("checkpoint_path is empty; expected --checkpoint_path PATH/TO/model.ckpt")
-    net = create_model(config.model, config.class_num, config.width_mult, config.dropout)
+    net = create_model(config.model, config.class_num, config.width_mult, config.dropout, config.device_target)
     load_weights(net, config.checkpoint_path, "checkpoint_path")
     net.set_train(False)
     eval_ds = create_dataset(config, do_train=False)
     model = build_model(config, net)
     with pipeline_errors_reported():
-        result = model.eval(eval_ds, dataset_sink_mode=config.device_target != "CPU")
-    result = {key: float(result[key]) for key in ("top_1_accuracy", "top_5_accuracy", "loss")}
+        result = evaluate(model, eval_ds)
     log(f"result: {result} ckpt={config.checkpoint_path}")
     if config.result_file:
         folder = os.path.dirname(os.path.abspath(config.result_file))

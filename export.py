@@ -38,13 +38,17 @@ def reload_output(path: str, file_format: str, inputs: np.ndarray):
 
 def main():
     config = get_config(description=__doc__)
-    if config.file_format == "AIR" and not target_available("Ascend"):
-        raise UserError("file_format AIR needs an Ascend device (none here); use --file_format MINDIR or ONNX")
+    if config.file_format == "AIR":  # compiled for the device by Ascend's graph engine (`_save_air`, serialization.py)
+        if config.device_target != "Ascend":
+            raise UserError(f"file_format AIR needs --device_target Ascend (got {config.device_target}): Ascend's "
+                            f"graph engine compiles it; or use --file_format MINDIR or ONNX")
+        if not target_available("Ascend"):
+            raise UserError("file_format AIR needs an Ascend device (none here); use --file_format MINDIR or ONNX")
     setup_device(config)
     checkpoint = config.ckpt_file or config.checkpoint_path
     if not checkpoint:
         raise UserError("ckpt_file is empty; expected --ckpt_file PATH/TO/model.ckpt")
-    net = create_model(config.model, config.class_num, config.width_mult, config.dropout)
+    net = create_model(config.model, config.class_num, config.width_mult, config.dropout, config.device_target)
     load_weights(net, checkpoint, "ckpt_file")
     net.set_train(False)
     use_portable_ops(net)  # the same mathematics from standard operators, loadable anywhere
@@ -64,7 +68,8 @@ def main():
     else:
         ms.export(net, ms.Tensor(inputs), file_name=config.file_name, file_format=config.file_format)
     path = config.file_name + EXTENSIONS[config.file_format]
-    log(f"exported {path} ({config.file_format}, input {batch}x3x{height}x{width}, from {checkpoint})")
+    deprecated = "; MindSpore deprecates AIR and will remove it: prefer MINDIR" if config.file_format == "AIR" else ""
+    log(f"exported {path} ({config.file_format}, input {batch}x3x{height}x{width}, from {checkpoint}){deprecated}")
     reloaded = reload_output(path, config.file_format, inputs)
     if reloaded is None:
         log(f"reload check skipped: no {config.file_format} runtime installed here")

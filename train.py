@@ -5,17 +5,17 @@ import signal
 import src  # noqa: F401  (first: sets OpenMP's wait policy before MindSpore loads OpenMP, see src/__init__.py)
 import mindspore.dataset as ds  # noqa: E402  pylint: disable=wrong-import-order
 
-from src.callbacks import CheckpointSaver, EvalMonitor, StopOnSignal, TrainMonitor, trim_metrics
+from src.callbacks import CheckpointSaver, EvalMonitor, Progress, StopOnSignal, TrainMonitor, trim_metrics
 from src.checkpoint import best_top1, load_weights, prepare_output, restore_training, resume_path
 from src.dataset import create_dataset, pipeline_errors_reported
-from src.loss import CrossEntropySmooth
+from src.loss import CrossEntropySmooth, LossRecorder
 from src.lr_generator import get_lr
 from src.model_utils.cli import log, run
 from src.model_utils.config import get_config
 from src.model_utils.device import init_distributed, setup_device
 from src.models import create_model
 from src.optimizer import create_optimizer
-from src.training import build_model, precision_settings
+from src.training import build_model, data_sink, precision_settings, train_arguments
 
 
 def main():
@@ -31,18 +31,19 @@ def main():
     ds.config.set_fast_recovery(False)  # a resumed pipeline replays the same order AND augmentations
     train_ds = create_dataset(config, do_train=True, rank_id=rank, rank_size=group_size)
     steps_per_epoch = train_ds.get_dataset_size()
+    sink = data_sink(config, steps_per_epoch)
     eval_ds = create_dataset(config, do_train=False) if config.run_eval else None
 
-    net = create_model(config.model, config.class_num, config.width_mult, config.dropout)
+    net = create_model(config.model, config.class_num, config.width_mult, config.dropout, config.device_target)
     if config.pre_trained:
         load_weights(net, config.pre_trained, "pre_trained checkpoint", allow_new_head=True)
-    loss_fn = CrossEntropySmooth(config.class_num, config.label_smooth_factor)
+    loss_fn = LossRecorder(CrossEntropySmooth(config.class_num, config.label_smooth_factor))
     lr = get_lr(config.lr_init, config.lr_max, config.lr_end, config.warmup_epochs, config.epoch_size,
                 steps_per_epoch, config.lr_decay_mode, lr_power=config.lr_power,
                 step_epochs=config.lr_step_epochs, step_gamma=config.lr_step_gamma)
-    amp_level, loss_scale_manager, optimizer_loss_scale = precision_settings(config)
+    precision = precision_settings(config)
     optimizer = create_optimizer(net, lr, config.optimizer, config.momentum, config.weight_decay,
-                                 optimizer_loss_scale, config.rmsprop_decay, config.rmsprop_epsilon)
+                                 precision.optimizer_loss_scale, config.rmsprop_decay, config.rmsprop_epsilon)
 
     global_step = 0
     checkpoint = resume_path(config, ckpt_dir) if config.resume else ""
@@ -53,32 +54,35 @@ def main():
         if global_step >= len(lr):
             log(f"training already finished ({config.epoch_size} of {config.epoch_size} epochs)")
             return 0
+    arguments = train_arguments(config, sink, steps_per_epoch, global_step, checkpoint)
+    if global_step:
         train_ds.set_init_step(global_step)  # the same batches and augmentations as if never interrupted
-    epochs_done = global_step // steps_per_epoch
-    model = build_model(config, net, loss_fn, optimizer, amp_level, loss_scale_manager)
+    model = build_model(config, net, loss_fn, optimizer, precision)
 
     metrics_path = os.path.join(config.save_checkpoint_path, "metrics.csv") if writer else ""
     if metrics_path:
-        trim_metrics(metrics_path, epochs_done)
+        trim_metrics(metrics_path, global_step // steps_per_epoch)
+    progress = Progress(steps_per_epoch, global_step)
     saver = None
     if writer and config.save_checkpoint:
-        saver = CheckpointSaver(ckpt_dir, config.model, config.save_checkpoint_epochs, config.keep_checkpoint_max,
-                                config.epoch_size, global_step)
+        saver = CheckpointSaver(progress, ckpt_dir, config.model, config.save_checkpoint_epochs,
+                                config.keep_checkpoint_max, config.epoch_size)
     stop = StopOnSignal(saver)
+    skipped_steps = precision.loss_scale_manager.skipped_steps if precision.skips_steps else None
     # order matters: evaluation feeds the monitor's metrics row; the monitor's divergence check runs
     # before anything saves at the end of a step or epoch
-    callbacks = [TrainMonitor(lr, config.batch_size * group_size, config.log_interval, config.epoch_size,
-                              metrics_path, global_step, skip_overflow=config.loss_scale_type == "dynamic")]
+    callbacks = [TrainMonitor(progress, loss_fn, lr, config.batch_size * group_size, config.log_interval,
+                              config.epoch_size, metrics_path, skipped_steps)]
     if eval_ds is not None:
         best_path = os.path.join(ckpt_dir, f"{config.model}_best.ckpt") if writer else ""
-        callbacks.insert(0, EvalMonitor(model, eval_ds, net, config.eval_interval, best_path,
+        callbacks.insert(0, EvalMonitor(progress, model, eval_ds, net, config.eval_interval, best_path,
                                         best_top1(best_path) if writer and checkpoint else -1.0))
     callbacks += [cb for cb in (saver, stop) if cb is not None]
     log(f"training {config.model} x{config.width_mult:g} on {config.device_target}: {steps_per_epoch} steps of "
-        f"{config.batch_size} images per epoch, epochs {epochs_done + 1}..{config.epoch_size}")
+        f"{config.batch_size} images per epoch, epochs {global_step // steps_per_epoch + 1}..{config.epoch_size}, "
+        f"amp {precision.amp_level}, {'data sink of ' + str(sink.steps) + ' steps' if sink.enabled else 'no data sink'}")
     with pipeline_errors_reported():
-        model.train(config.epoch_size, train_ds, callbacks=callbacks,
-                    dataset_sink_mode=config.device_target != "CPU", initial_epoch=epochs_done)
+        model.train(train_dataset=train_ds, callbacks=callbacks, **arguments)
     if stop.signal_name:
         saved = f"saved {stop.saved}" if stop.saved else "no checkpoint written by this rank"
         log(f"stopped by {stop.signal_name}: {saved}; resume with the same command plus --resume auto")

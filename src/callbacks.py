@@ -4,6 +4,7 @@ import math
 import os
 import signal
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from mindspore.train.callback import Callback
@@ -11,64 +12,72 @@ from mindspore.train.callback import Callback
 from src.checkpoint import save_checkpoint, training_checkpoints
 from src.errors import UserError
 from src.model_utils.cli import log
+from src.training import evaluate
 
 METRIC_FIELDS = ("epoch", "global_step", "loss", "lr", "epoch_seconds", "images_per_second",
                  "top_1_accuracy", "top_5_accuracy", "eval_loss")
 
 
-def _loss_and_overflow(net_outputs) -> tuple:
-    """(loss, whether the step overflowed) from a train step's outputs: a loss-scale cell returns
-    (loss, overflow, scale), a plain one the loss alone."""
-    if isinstance(net_outputs, (tuple, list)):
-        return float(np.mean(net_outputs[0].asnumpy())), bool(net_outputs[1].asnumpy())
-    return float(np.mean(net_outputs.asnumpy())), False
+@dataclass(frozen=True)
+class Progress:
+    """Where training is, from MindSpore's `cur_step_num` (counted from 0 in each run, advanced once per step, or by
+    the sink size once per sink with data sink: `Model._train_dataset_sink_process`).  `start_step` is the global
+    step the run (re)started at.  With data sink `cur_epoch_num` counts sinks, so epochs come from steps here."""
+    steps_per_epoch: int
+    start_step: int = 0
 
+    def global_step(self, cb) -> int:
+        """Global step (from 1) of the step that just ended."""
+        return self.start_step + cb.cur_step_num
 
-def step_position(cb, start_step: int) -> tuple:
-    """(global step, step within the epoch) of the step that just ended; `start_step` is where a resumed run
-    started (MindSpore counts `cur_step_num` from 0 in each run)."""
-    global_step = start_step + cb.cur_step_num
-    return global_step, (global_step - 1) % cb.batch_num + 1
+    def epoch_and_step(self, global_step: int) -> tuple:
+        """(epoch, step within it), both from 1, of `global_step`."""
+        return (global_step - 1) // self.steps_per_epoch + 1, (global_step - 1) % self.steps_per_epoch + 1
+
+    def finished_epoch(self, cb) -> int:
+        """The epoch that just ended, or 0 when the call is not at the end of an epoch (e.g. a sink inside one)."""
+        global_step = self.global_step(cb)
+        return global_step // self.steps_per_epoch if global_step % self.steps_per_epoch == 0 else 0
 
 
 class CheckpointSaver(Callback):
     """Every `every_epochs` epochs (and after the last) save the train network (weights, BN statistics,
-    optimizer moments, global_step, LR) as `<directory>/<prefix>-<epoch>_<step>.ckpt`; keep the newest `keep`.
-    `start_step` is the global step a resumed run started at (MindSpore counts steps from 0 in each run)."""
+    optimizer moments, global_step, LR) as `<directory>/<prefix>-<epoch>_<step>.ckpt`; keep the newest `keep`."""
 
-    def __init__(self, directory: str, prefix: str, every_epochs: int, keep: int, total_epochs: int,
-                 start_step: int = 0):
+    def __init__(self, progress: Progress, directory: str, prefix: str, every_epochs: int, keep: int,
+                 total_epochs: int):
         super().__init__()
-        self.directory, self.prefix = directory, prefix
+        self.progress, self.directory, self.prefix = progress, directory, prefix
         self.every_epochs, self.keep, self.total_epochs = every_epochs, keep, total_epochs
-        self.start_step = start_step
 
     def save(self, cb) -> str:
-        """Save now (at the end of the current step); returns the file written.  Weights that are no longer
+        """Save now (at the end of the current step or sink); returns the file written.  Weights that are no longer
         finite are never saved: the run stops with a `UserError` and the checkpoints before stay."""
-        global_step, step_in_epoch = step_position(cb, self.start_step)
+        global_step = self.progress.global_step(cb)
+        epoch, step = self.progress.epoch_and_step(global_step)
         for param in cb.train_network.trainable_params():
             if not np.isfinite(param.asnumpy()).all():
-                raise UserError(f"parameter {param.name} is not finite at epoch {cb.cur_epoch_num} step "
-                                f"{step_in_epoch} (global step {global_step}): training diverged and was stopped "
-                                f"without saving; checkpoints already saved are kept; lower lr_max")
-        path = os.path.join(self.directory, f"{self.prefix}-{cb.cur_epoch_num}_{step_in_epoch}.ckpt")
-        save_checkpoint(cb.train_network, path, {"epoch_num": cb.cur_epoch_num, "step_num": global_step})
+                raise UserError(f"parameter {param.name} is not finite at epoch {epoch} step {step} (global step "
+                                f"{global_step}): training diverged and was stopped without saving; checkpoints "
+                                f"already saved are kept; lower lr_max")
+        path = os.path.join(self.directory, f"{self.prefix}-{epoch}_{step}.ckpt")
+        save_checkpoint(cb.train_network, path, {"epoch_num": epoch, "step_num": global_step})
         for old in training_checkpoints(self.directory, self.prefix)[self.keep:]:
             os.remove(old)
         return path
 
     def on_train_epoch_end(self, run_context):
         cb = run_context.original_args()
-        if run_context.get_stop_requested():
-            return
-        if cb.cur_epoch_num % self.every_epochs == 0 or cb.cur_epoch_num == self.total_epochs:
+        epoch = self.progress.finished_epoch(cb)
+        if epoch and not run_context.get_stop_requested() and (
+                epoch % self.every_epochs == 0 or epoch == self.total_epochs):
             self.save(cb)
 
 
 class StopOnSignal(Callback):
-    """SIGTERM and SIGINT (Ctrl-C) only set a flag; at the next step end the run saves a checkpoint through
-    `saver` (None on ranks that write none) and stops.  `signal_name` and `saved` tell what happened."""
+    """SIGTERM and SIGINT (Ctrl-C) only set a flag; at the next step end (with data sink: the sink's end) the run
+    saves a checkpoint through `saver` (None on ranks that write none) and stops.  `signal_name` and `saved` tell
+    what happened."""
 
     def __init__(self, saver=None):
         super().__init__()
@@ -90,50 +99,59 @@ class EvalMonitor(Callback):
     """Every `interval` epochs evaluate on `eval_dataset`, log top-1/top-5 and keep the best weights
     as `best_path` (when given); the result is left in `cb_params.eval_result` for `TrainMonitor`."""
 
-    def __init__(self, model, eval_dataset, network, interval: int, best_path: str = "", best_top1: float = -1.0):
+    def __init__(self, progress: Progress, model, eval_dataset, network, interval: int, best_path: str = "",
+                 best_top1: float = -1.0):
         super().__init__()
-        self.model, self.eval_dataset, self.network = model, eval_dataset, network
+        self.progress, self.model, self.eval_dataset, self.network = progress, model, eval_dataset, network
         self.interval, self.best_path, self.best_top1 = interval, best_path, best_top1
 
     def on_train_epoch_end(self, run_context):
         cb = run_context.original_args()
         cb.eval_result = None
-        if cb.cur_epoch_num % self.interval or run_context.get_stop_requested():
+        epoch = self.progress.finished_epoch(cb)
+        if not epoch or epoch % self.interval or run_context.get_stop_requested():
             return
         start = time.time()
-        result = self.model.eval(self.eval_dataset, dataset_sink_mode=False)
+        result = evaluate(self.model, self.eval_dataset)
         cb.eval_result = result
         top1 = result["top_1_accuracy"]
-        line = (f"epoch: {cb.cur_epoch_num} eval: top_1_accuracy {top1:.4f}, top_5_accuracy "
-                f"{result['top_5_accuracy']:.4f}, loss {result['loss']:.4f} ({time.time() - start:.1f} s)")
+        line = (f"epoch: {epoch} eval: top_1_accuracy {top1:.4f}, top_5_accuracy {result['top_5_accuracy']:.4f}, "
+                f"loss {result['loss']:.4f} ({time.time() - start:.1f} s)")
         if top1 > self.best_top1:
             self.best_top1 = top1
             if self.best_path:
-                save_checkpoint(self.network, self.best_path,
-                                {"epoch_num": cb.cur_epoch_num, "top_1_accuracy": float(top1)})
+                save_checkpoint(self.network, self.best_path, {"epoch_num": epoch, "top_1_accuracy": top1})
                 line += f"; best so far, saved {self.best_path}"
         log(line)
 
 
 class TrainMonitor(Callback):
-    """Logs in the model zoo's format (`epoch: 1 step: 10, loss is 2.30`, `Epoch time: ..., per step
-    time: ...`) plus learning rate, images/s and time left; appends a row per epoch to `metrics_path`.
-    `lr` holds the per-step rates of the whole run; `start_step` is where a resumed run started.
+    """Logs in the model zoo's format (`epoch: 1 step: 10, loss is 2.30`, `Epoch time: ..., per step time: ...`)
+    plus learning rate, images/s and time left; appends a row per epoch to `metrics_path`.  `lr` holds the
+    per-step rates of the whole run.
 
-    A non-finite loss stops the run with a `UserError` naming epoch and step, before any checkpoint of that
-    epoch is written.  With `skip_overflow` (dynamic loss scale) an overflowing step is skipped by the
-    loss-scale cell instead, and counted."""
+    MindSpore calls `on_train_step_end` once per step, or once per sink of several steps with data sink; every
+    figure here is computed from the steps each call covers.  Losses come from `recorder` (a `LossRecorder`: the
+    mean of every step, not the sink's last), skipped steps from `skipped_steps` (the loss-scale manager's count, or
+    None when it cannot skip).  A loss that is not finite stops the run with a `UserError` naming epoch and steps,
+    before any checkpoint of that epoch is written; where steps can be skipped they are counted instead.  An
+    epoch's time ends at its last step, so evaluation is not counted."""
 
-    def __init__(self, lr: np.ndarray, images_per_step: int, log_interval: int, total_epochs: int,
-                 metrics_path: str = "", start_step: int = 0, skip_overflow: bool = False):
+    def __init__(self, progress: Progress, recorder, lr: np.ndarray, images_per_step: int, log_interval: int,
+                 total_epochs: int, metrics_path: str = "", skipped_steps=None):
         super().__init__()
-        self.start_step, self.skip_overflow = start_step, skip_overflow
+        self.progress, self.recorder, self.skipped_steps = progress, recorder, skipped_steps
         self.lr, self.images_per_step, self.log_interval = lr, images_per_step, log_interval
         self.total_epochs, self.metrics_path = total_epochs, metrics_path
-        self.epoch_start, self.losses, self.epoch_seconds, self.skipped = 0.0, [], [], 0
+        self.last_step, self.skipped_total = progress.start_step, skipped_steps() if skipped_steps else 0
+        self.epoch_seconds, self.epoch_start, self.last_step_time = [], None, 0.0
+        self.epoch = {"loss_sum": 0.0, "finite": 0, "steps": 0, "skipped": 0}
 
     def on_train_epoch_begin(self, run_context):
-        self.epoch_start, self.losses, self.skipped = time.time(), [], 0
+        # called once per epoch, or once per sink with data sink: an epoch starts at its first step
+        if self.epoch_start is None:
+            self.epoch_start = time.time()
+            self.epoch = dict.fromkeys(self.epoch, 0)
 
     def _lr_at(self, global_step: int) -> float:
         """Learning rate used by global step `global_step` (counted from 1)."""
@@ -141,41 +159,51 @@ class TrainMonitor(Callback):
 
     def on_train_step_end(self, run_context):
         cb = run_context.original_args()
-        loss, overflow = _loss_and_overflow(cb.net_outputs)
-        global_step, step_in_epoch = step_position(cb, self.start_step)
-        if overflow and self.skip_overflow:
-            self.skipped += 1
-            log(f"epoch: {cb.cur_epoch_num} step: {step_in_epoch}, gradient overflow: step skipped, "
+        self.last_step_time = time.time()
+        global_step = self.progress.global_step(cb)
+        steps, self.last_step = global_step - self.last_step, global_step
+        loss_sum, finite = self.recorder.take()
+        skipped = 0
+        if self.skipped_steps is not None:
+            total = self.skipped_steps()
+            skipped, self.skipped_total = total - self.skipped_total, total
+        epoch, step = self.progress.epoch_and_step(global_step)
+        where = f"step {step}" if steps == 1 else f"steps {step - steps + 1}-{step}"
+        if finite < steps and self.skipped_steps is None:
+            raise UserError(f"loss is not finite at epoch {epoch} {where} (global step {global_step}): training "
+                            f"diverged and was stopped; checkpoints already saved are kept; lower lr_max, or use "
+                            f"--loss_scale_type dynamic")
+        for key, value in (("loss_sum", loss_sum), ("finite", finite), ("steps", steps), ("skipped", skipped)):
+            self.epoch[key] += value
+        if skipped:
+            log(f"epoch: {epoch} {where.replace(' ', ': ', 1)}, gradient overflow: {skipped} step(s) skipped, "
                 f"loss scale lowered")
-            return
-        if not math.isfinite(loss):
-            raise UserError(f"loss is {loss} at epoch {cb.cur_epoch_num} step {step_in_epoch} (global step "
-                            f"{global_step}): training diverged and was stopped; checkpoints "
-                            f"already saved are kept; lower lr_max, or use --loss_scale_type dynamic")
-        self.losses.append(loss)
-        if step_in_epoch % self.log_interval == 0 or step_in_epoch == cb.batch_num:
-            log(f"epoch: {cb.cur_epoch_num} step: {step_in_epoch}, loss is {loss:.6f}, "
+        if step // self.log_interval != (step - steps) // self.log_interval or step == self.progress.steps_per_epoch:
+            log(f"epoch: {epoch} step: {step}, loss is {loss_sum / finite if finite else math.nan:.6f}, "
                 f"lr: {self._lr_at(global_step):.6g}")
 
     def on_train_epoch_end(self, run_context):
         cb = run_context.original_args()
-        if run_context.get_stop_requested():
+        epoch = self.progress.finished_epoch(cb)
+        if not epoch or run_context.get_stop_requested():
             return
-        seconds = time.time() - self.epoch_start
+        seconds, steps = self.last_step_time - self.epoch_start, max(self.epoch["steps"], 1)
+        self.epoch_start = None
         self.epoch_seconds.append(seconds)
-        steps = max(len(self.losses) + self.skipped, 1)
-        left = (self.total_epochs - cb.cur_epoch_num) * float(np.median(self.epoch_seconds))
-        skipped = f", skipped steps: {self.skipped}" if self.skipped else ""
+        images_per_second = self.images_per_step * steps / seconds
+        left = (self.total_epochs - epoch) * float(np.median(self.epoch_seconds))
+        skipped = f", skipped steps: {self.epoch['skipped']}" if self.epoch["skipped"] else ""
         log(f"Epoch time: {seconds * 1000:.3f}, per step time: {seconds * 1000 / steps:.3f}, "
-            f"{self.images_per_step * steps / seconds:.1f} img/s, time left: {_hms(left)}{skipped}")
+            f"{images_per_second:.1f} img/s, time left: {_hms(left)}{skipped}")
         if self.metrics_path:
             result = cb.get("eval_result") or {}
-            global_step = step_position(cb, self.start_step)[0]
+            global_step = self.progress.global_step(cb)
+            finite = self.epoch["finite"]
             self._append_row({
-                "epoch": cb.cur_epoch_num, "global_step": global_step,
-                "loss": f"{np.mean(self.losses) if self.losses else math.nan:.6f}",
+                "epoch": epoch, "global_step": global_step,
+                "loss": f"{self.epoch['loss_sum'] / finite if finite else math.nan:.6f}",
                 "lr": f"{self._lr_at(global_step):.6g}", "epoch_seconds": f"{seconds:.3f}",
-                "images_per_second": f"{self.images_per_step * steps / seconds:.1f}",
+                "images_per_second": f"{images_per_second:.1f}",
                 "top_1_accuracy": _fmt(result.get("top_1_accuracy")),
                 "top_5_accuracy": _fmt(result.get("top_5_accuracy")),
                 "eval_loss": _fmt(result.get("loss")),

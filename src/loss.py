@@ -1,6 +1,6 @@
 """Softmax cross-entropy with label smoothing, for sparse integer labels."""
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import Parameter, Tensor, nn, ops
 
 from src.errors import UserError
 
@@ -28,3 +28,29 @@ class CrossEntropySmooth(nn.LossBase):
     def construct(self, logits, label):
         target = ops.one_hot(label, self.class_num, self.on_value, self.off_value)
         return self.cross_entropy(ops.cast(logits, ms.float32), target)
+
+
+class LossRecorder(nn.Cell):
+    """`loss_fn` that also adds each finite loss and counts the steps that had one, in Parameters on the device:
+    with data sink the callbacks run once per sink and see only its last loss (`Model.train`), so they read the
+    sink's mean and its non-finite steps from here (`take`)."""
+
+    def __init__(self, loss_fn: nn.Cell):
+        super().__init__()
+        self.loss_fn = loss_fn
+        self.loss_sum = Parameter(Tensor(0.0, ms.float32), name="recorded_loss_sum", requires_grad=False)
+        self.finite_steps = Parameter(Tensor(0, ms.int32), name="recorded_finite_steps", requires_grad=False)
+
+    def construct(self, logits, label):
+        loss = self.loss_fn(logits, label)
+        finite = ops.isfinite(loss)
+        recorded = ops.assign_add(self.loss_sum, ops.select(finite, loss, ops.zeros_like(loss)))
+        counted = ops.assign_add(self.finite_steps, ops.cast(finite, ms.int32))
+        return ops.depend(loss, (recorded, counted))
+
+    def take(self) -> tuple:
+        """(sum of the finite losses, number of steps with a finite loss) since the last call; resets both."""
+        loss_sum, finite_steps = float(self.loss_sum.asnumpy()), int(self.finite_steps.asnumpy())
+        self.loss_sum.set_data(Tensor(0.0, ms.float32))
+        self.finite_steps.set_data(Tensor(0, ms.int32))
+        return loss_sum, finite_steps

@@ -1,27 +1,95 @@
-"""Wiring shared by train.py and eval.py: precision settings, metrics and the `Model` wrapper."""
+"""Decisions made before the first step, as functions of the config (precision, loss scale, data sink, `Model.train`
+arguments, evaluation), and the `Model` wrapper shared by train.py and eval.py."""
+import math
+from dataclasses import dataclass
+
+import mindspore as ms
 import mindspore.nn as nn
-from mindspore.amp import DynamicLossScaleManager, FixedLossScaleManager
+import mindspore.ops as ops
+from mindspore import Parameter, Tensor
+from mindspore.amp import DynamicLossScaleManager, FixedLossScaleManager, LossScaleManager
 from mindspore.train import Model
 
+from src.errors import UserError
 from src.loss import CrossEntropySmooth
 from src.model_utils.cli import warn
+from src.models.layers import use_portable_ops
 
 
-def precision_settings(config) -> tuple:
-    """(amp level, loss scale manager or None, loss scale the optimizer divides out).
+class CountingLossScaleUpdateCell(nn.DynamicLossScaleUpdateCell):
+    """MindSpore's dynamic loss-scale update, plus a count of the steps it skipped for gradient overflow, kept on the
+    device: with data sink the callbacks see only the last step of each sink."""
 
-    CPU has no float16 kernels for these networks: any amp level there falls back to O0 with a warning.
-    A fixed scale is divided out by the optimizer; a dynamic one by its manager.
-    """
-    amp_level = config.amp_level
-    if config.device_target == "CPU" and amp_level != "O0":
-        warn(f"amp_level {amp_level} needs float16 kernels that CPU lacks: training in float32 (O0)")
-        amp_level = "O0"
-    if config.loss_scale_type == "dynamic":
-        return amp_level, DynamicLossScaleManager(init_loss_scale=config.loss_scale), 1.0
-    if config.loss_scale == 1.0:
-        return amp_level, None, 1.0
-    return amp_level, FixedLossScaleManager(config.loss_scale, drop_overflow_update=False), config.loss_scale
+    def __init__(self, loss_scale_value, scale_factor, scale_window):
+        super().__init__(loss_scale_value, scale_factor, scale_window)
+        self.skipped_steps = Parameter(Tensor(0, ms.int32), name="skipped_steps", requires_grad=False)
+
+    def construct(self, loss_scale, overflow):
+        counted = ops.assign_add(self.skipped_steps, ops.cast(overflow, ms.int32))
+        return ops.depend(nn.DynamicLossScaleUpdateCell.construct(self, loss_scale, overflow), counted)
+
+
+class CountingDynamicLossScaleManager(DynamicLossScaleManager):
+    """`DynamicLossScaleManager` whose update cell counts the skipped steps (`skipped_steps()`)."""
+
+    def __init__(self, init_loss_scale, scale_factor=2, scale_window=2000):
+        super().__init__(init_loss_scale, scale_factor, scale_window)
+        self.update_cell = CountingLossScaleUpdateCell(self.loss_scale, self.scale_factor, self.scale_window)
+
+    def get_update_cell(self):
+        return self.update_cell
+
+    def skipped_steps(self) -> int:
+        """Steps skipped so far (gradient overflow)."""
+        return int(self.update_cell.skipped_steps.asnumpy())
+
+
+@dataclass(frozen=True)
+class Precision:
+    """`amp_level`: O0-O3 as in `mindspore.amp` (O1 applied by `mixed_precision_o1`); `loss_scale_manager`: always
+    explicit (MindSpore gives O2 a `DynamicLossScaleManager` when none is passed, `_config_level` in amp.py);
+    `optimizer_loss_scale`: the fixed scale the optimizer divides out (1 with a dynamic manager)."""
+    amp_level: str
+    loss_scale_manager: LossScaleManager
+    optimizer_loss_scale: float
+
+    @property
+    def skips_steps(self) -> bool:
+        """Whether the manager skips overflowing steps (then they are counted, not fatal)."""
+        return self.loss_scale_manager.get_drop_overflow_update()
+
+
+def precision_settings(config) -> Precision:
+    """The run's `Precision`.  CPU trains in float32: an amp level there falls back to O0 and a dynamic loss scale
+    to a fixed one, each with a warning (MindSpore refuses loss-scale update cells on CPU, `build_train_network`)."""
+    amp_level, scale_type = config.amp_level, config.loss_scale_type
+    if config.device_target == "CPU":
+        if amp_level != "O0":
+            warn(f"amp_level {amp_level} is for GPU and Ascend: training in float32 (O0) on CPU")
+            amp_level = "O0"
+        if scale_type == "dynamic":
+            warn(f"loss_scale_type dynamic is for GPU and Ascend: a fixed loss scale of {config.loss_scale:g} on CPU")
+            scale_type = "fixed"
+    if scale_type == "dynamic":
+        return Precision(amp_level, CountingDynamicLossScaleManager(config.loss_scale), 1.0)
+    return Precision(amp_level, FixedLossScaleManager(config.loss_scale, drop_overflow_update=False), config.loss_scale)
+
+
+def mixed_precision_o1(net: nn.Cell) -> nn.Cell:
+    """amp level O1 on `net`, in place: convolutions and dense layers (MindSpore's O1 white list) in float16,
+    everything else in float32, with the standard operators (the C++ kernels are float32-only).
+
+    MindSpore's own O1 (`_auto_mixed_precision_rewrite` in mindspore/train/amp.py) rewrites the Python source of
+    every `construct` into new classes; on these networks it fails while building them (TypeError / NameError in the
+    generated subclasses of our convolution cells) and leaves a `rewritten_network/` folder behind.  Here
+    `Cell.to_float` marks the cells instead: every cell casts its inputs to float32, convolution and dense cells
+    theirs (and their weights) to float16."""
+    use_portable_ops(net)
+    net.to_float(ms.float32)
+    for _, cell in net.cells_and_names():
+        if isinstance(cell, (nn.Conv2d, nn.Dense)):
+            cell.to_float(ms.float16)
+    return net
 
 
 def eval_metrics() -> dict:
@@ -29,12 +97,64 @@ def eval_metrics() -> dict:
             "loss": nn.Loss()}
 
 
-def build_model(config, net, loss_fn=None, optimizer=None, amp_level="O0", loss_scale_manager=None) -> Model:
-    """`Model` that trains with `loss_fn`/`optimizer` (when given) and evaluates top-1, top-5 and plain
-    cross-entropy (label smoothing is a training device, not part of the reported loss)."""
+def build_model(config, net, loss_fn=None, optimizer=None, precision: Precision = None) -> Model:
+    """`Model` that trains `net` with `loss_fn`/`optimizer` (when given) at `precision`, and evaluates top-1, top-5
+    and plain cross-entropy (label smoothing is a training device, not part of the reported loss).  Mixed
+    precision changes `net` in place, so evaluation and checkpoints use the network that is trained."""
     eval_net = nn.WithEvalCell(net, CrossEntropySmooth(config.class_num, 0.0), add_cast_fp32=True)
-    kwargs = {"amp_level": amp_level}
-    if loss_scale_manager is not None:
-        kwargs["loss_scale_manager"] = loss_scale_manager
+    kwargs = {}
+    if precision is not None:
+        amp_level = precision.amp_level
+        if amp_level == "O1":
+            mixed_precision_o1(net)
+            amp_level = "O0"  # applied above; `Model` must not convert again
+        kwargs = {"amp_level": amp_level, "loss_scale_manager": precision.loss_scale_manager}
     return Model(net, loss_fn=loss_fn, optimizer=optimizer, metrics=eval_metrics(), eval_network=eval_net,
                  eval_indexes=[0, 1, 2], **kwargs)
+
+
+def evaluate(model: Model, dataset) -> dict:
+    """Top-1, top-5 and loss of `model` on `dataset`, every image counted once.  Never with data sink: a sink takes
+    its shapes from the first batch (`Model._exec_preprocess` sets `__loop_size__ = 1` for evaluation) and the last,
+    partial batch (ImageNet: 50,000 % 256 = 80 images) would fail or force dynamic shapes."""
+    result = model.eval(dataset, dataset_sink_mode=False)
+    return {key: float(result[key]) for key in ("top_1_accuracy", "top_5_accuracy", "loss")}
+
+
+@dataclass(frozen=True)
+class DataSink:
+    """Data sink (GPU and Ascend; MindSpore's CPU has none): `enabled`, and `steps` per sink (1 without)."""
+    enabled: bool
+    steps: int
+
+
+def data_sink(config, steps_per_epoch: int) -> DataSink:
+    """The run's `DataSink`: `sink_size` steps per sink (-1: the whole epoch), a divisor of the epoch so that
+    epochs end at a sink's end (evaluation, checkpoints and the metrics row happen there)."""
+    if not config.dataset_sink_mode or config.device_target == "CPU":
+        return DataSink(False, 1)
+    steps = steps_per_epoch if config.sink_size == -1 else config.sink_size
+    if steps_per_epoch % steps:
+        divisors = [d for d in range(1, steps_per_epoch + 1) if steps_per_epoch % d == 0]
+        raise UserError(f"sink_size {steps} does not divide the {steps_per_epoch} steps of an epoch; use one of "
+                        f"{', '.join(map(str, divisors[-8:]))} (or -1: one sink per epoch)")
+    return DataSink(True, steps)
+
+
+def train_arguments(config, sink: DataSink, steps_per_epoch: int, global_step: int, checkpoint: str = "") -> dict:
+    """Keyword arguments of `Model.train` for a run that starts at `global_step` (restored from `checkpoint`).
+
+    With data sink `Model.train` counts one "epoch" per sink (`Model._train_dataset_sink_process`), and a dataset
+    whose initial step is not at a sink's end is silently moved back to the sink's start
+    (`_DatasetIter.__init__` in mindspore/train/dataset_helper.py), which would train those steps twice and run past
+    the LR array: such a checkpoint is refused with what to do."""
+    if not sink.enabled:
+        return {"epoch": config.epoch_size, "initial_epoch": global_step // steps_per_epoch,
+                "dataset_sink_mode": False}
+    if global_step % sink.steps:
+        fits = math.gcd(global_step, steps_per_epoch)
+        raise UserError(f"resume checkpoint {checkpoint} stopped at global step {global_step}, inside a data sink of "
+                        f"{sink.steps} steps; resume with --sink_size {fits} (divides the step and the epoch) or "
+                        f"--dataset_sink_mode False")
+    return {"epoch": config.epoch_size * steps_per_epoch // sink.steps, "initial_epoch": global_step // sink.steps,
+            "dataset_sink_mode": True, "sink_size": sink.steps}

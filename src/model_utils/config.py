@@ -70,7 +70,8 @@ SCHEMA = {
     "label_smooth_factor": _f("float", 0.0, "label smoothing", min=0, max=1),
     "loss_scale": _f("float", 1.0, "loss scale (initial value when dynamic)", min=1),
     "loss_scale_type": _f("str", "fixed", "loss scale manager", choices=("fixed", "dynamic")),
-    "amp_level": _f("str", "O0", "mixed precision level", choices=("O0", "O1", "O2", "O3")),
+    "amp_level": _f("str", "O0", "mixed precision level (GPU, Ascend; CPU trains in float32)",
+                    choices=("O0", "O1", "O2", "O3")),
     "seed": _f("int", 1, "random seed (weights, data order, augmentation)", min=0),
     # checkpoints and logs
     "save_checkpoint": _f("bool", True, "save checkpoints"),
@@ -88,6 +89,8 @@ SCHEMA = {
     "mode": _f("str", "graph", "execution mode", choices=("graph", "pynative")),
     "runtime_num_threads": _f("int", 0, "CPU runtime threads; 0 = all cores", min=0),
     "run_distribute": _f("bool", False, "data-parallel training"),
+    "dataset_sink_mode": _f("bool", True, "data sink on GPU and Ascend (CPU has none)"),
+    "sink_size": _f("int", -1, "steps per data sink, a divisor of the epoch's steps; -1 = the whole epoch", min=-1),
     "device_num": _f("int", 1, "devices (taken from the group size when distributed)", min=1),
     # evaluation
     "checkpoint_path": _f("str", "", "checkpoint to evaluate"),
@@ -234,6 +237,8 @@ def validate(values: dict, source: str) -> None:
     if values["width_mult"] not in widths:
         raise ConfigError(f"{source}: key 'width_mult' must be one of {', '.join(map(str, widths))} for "
                           f"{values['model']}; got {values['width_mult']:g}")
+    if values["sink_size"] == 0:
+        raise ConfigError(f"{source}: key 'sink_size' must be -1 (the whole epoch) or a number of steps >= 1; got 0")
     if values["warmup_epochs"] > values["epoch_size"]:
         raise ConfigError(f"{source}: warmup_epochs ({values['warmup_epochs']:g}) is longer than training "
                           f"(epoch_size {values['epoch_size']})")

@@ -1,6 +1,7 @@
 """Model factory: `create_model(name, ...)` returns a plain `nn.Cell`."""
 from src.errors import UserError
 from src.models import mobilenet_v1, mobilenet_v3
+from src.models.depthwise import built_for
 from src.models.stats import count_macs, count_params
 
 MODELS = {
@@ -12,8 +13,10 @@ MODELS = {
 __all__ = ["MODELS", "create_model", "count_macs", "count_params"]
 
 
-def create_model(name: str, class_num: int = 1000, width_mult: float = 1.0, dropout: float = None):
-    """Build `name` at `width_mult` with `class_num` outputs; `dropout=None` takes the family's default."""
+def create_model(name: str, class_num: int = 1000, width_mult: float = 1.0, dropout: float = None,
+                 device_target: str = None):
+    """Build `name` at `width_mult` with `class_num` outputs; `dropout=None` takes the family's default.  The C++
+    CPU kernels are used when `device_target` (default: MindSpore's context device) is CPU."""
     if name not in MODELS:
         raise UserError(f"unknown model '{name}'; valid models: {', '.join(MODELS)}")
     widths, default_dropout = MODELS[name]
@@ -23,7 +26,8 @@ def create_model(name: str, class_num: int = 1000, width_mult: float = 1.0, drop
     if class_num < 1:
         raise UserError(f"class_num must be >= 1; got {class_num}")
     dropout = default_dropout if dropout is None else dropout
-    if name == "mobilenet_v1":
-        return mobilenet_v1.MobileNetV1(class_num=class_num, width_mult=width_mult, dropout=dropout)
-    return mobilenet_v3.MobileNetV3(name.rsplit("_", 1)[1], class_num=class_num, width_mult=width_mult,
-                                    dropout=dropout)
+    with built_for(device_target):
+        if name == "mobilenet_v1":
+            return mobilenet_v1.MobileNetV1(class_num=class_num, width_mult=width_mult, dropout=dropout)
+        return mobilenet_v3.MobileNetV3(name.rsplit("_", 1)[1], class_num=class_num, width_mult=width_mult,
+                                        dropout=dropout)

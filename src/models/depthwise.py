@@ -4,6 +4,7 @@ training-mode BatchNorm + activation (`batchnorm_train_op`), BatchNorm folding (
 (`im2col_op`, the stem as a 1x1 convolution).  The kernel library is compiled from the *_kernel.cc files here
 with g++ on first use and cached (see `kernel_library`); without it, or off CPU, or with `portable` set,
 built-in operators run."""
+import contextlib
 import hashlib
 import logging
 import os
@@ -22,6 +23,7 @@ HEADERS = (Path(__file__).with_name("kernel_util.h"),)
 STRIDES = (1, 2)
 
 _library = {}
+_build_target = {"device": None}  # set by `built_for`
 
 
 def cache_dir() -> Path:
@@ -137,9 +139,26 @@ def _bias_act_bprop(activation):
 ACTIVATION_SYMBOLS = {None: "Identity", "relu": "ReLU", "relu6": "ReLU6", "hswish": "HSwish"}
 
 
+@contextlib.contextmanager
+def built_for(device_target: str):
+    """Layers built inside this block use the C++ kernels only if `device_target` is "CPU" (outside such a
+    block: if MindSpore's context device is), so a network can be built as it runs on another target."""
+    previous = _build_target["device"]
+    _build_target["device"] = device_target
+    try:
+        yield
+    finally:
+        _build_target["device"] = previous
+
+
+def building_for_cpu() -> bool:
+    """Whether layers built now run on CPU (see `built_for`)."""
+    return (_build_target["device"] or ms.get_context("device_target")) == "CPU"
+
+
 def cpu_library():
-    """The kernel library on a CPU target, else None."""
-    return kernel_library() if ms.get_context("device_target") == "CPU" else None
+    """The kernel library when building for CPU, else None."""
+    return kernel_library() if building_for_cpu() else None
 
 
 def bias_act_op(activation):
@@ -217,10 +236,22 @@ def batchnorm_train_op(activation):
     return _aot(library, f"BNTrain{name}", like_x_and_two_gammas, bprop, out_dtype=like_x_and_two_gammas)
 
 
-class DepthwiseConv2d(nn.Conv2d):
+class Float32Kernels:
+    """Mixin for cells with C++ kernels and a `portable` switch: the kernels are float32-only, so a cell that mixed
+    precision marks for float16 or bfloat16 runs MindSpore's standard operators.  MindSpore's amp marks cells
+    through `Cell.add_flags` (`Cell.to_float`, called by `mindspore/train/amp.py` for O2 and O3)."""
+
+    def add_flags(self, **flags):
+        if flags.get("fp16") or flags.get("bf16"):
+            self.portable = True
+        return super().add_flags(**flags)
+
+
+class DepthwiseConv2d(Float32Kernels, nn.Conv2d):
     """`nn.Conv2d(channels, channels, k, stride, pad_mode="pad", padding=k // 2, group=channels)` (same
     parameters and checkpoints) computed by the C++ kernel on CPU.  With `portable` set (see
-    `layers.use_portable_ops`), off CPU, or when the kernel cannot be built, the built-in convolution runs."""
+    `layers.use_portable_ops` or by mixed precision, see `Float32Kernels`), off CPU, or when the kernel cannot be
+    built, the built-in convolution runs."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, pad_mode="pad", padding=0, group=1,
                  has_bias=False):

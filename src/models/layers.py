@@ -4,7 +4,8 @@ import mindspore.nn as nn
 import mindspore.ops as ops
 from mindspore import Parameter, Tensor
 
-from src.models.depthwise import DepthwiseConv2d, batchnorm_train_op, bias_act_op, fold_batchnorm_op, im2col_op
+from src.models.depthwise import (DepthwiseConv2d, Float32Kernels, batchnorm_train_op, bias_act_op, building_for_cpu,
+                                  fold_batchnorm_op, im2col_op)
 
 BN_MOMENTUM = 0.99
 BN_EPS = 1e-3
@@ -49,12 +50,12 @@ class HSwish(nn.Cell):
         return self.fused(x)
 
 
-class UnfoldConv2d(nn.Conv2d):
+class UnfoldConv2d(Float32Kernels, nn.Conv2d):
     """A dense k x k convolution (the stem) as im2col (C++ `im2col_op`, else `ops.unfold`) + a 1x1 convolution on
     CPU: oneDNN runs MindSpore's CPU Conv2D k x k on plain NCHW with its reference kernel (the 3 -> 16 stem at
     batch 32, 224x224: ~700 ms forward), while im2col + 1x1 runs as a GEMM (~10-16 ms).  Same parameters and
-    checkpoints as `nn.Conv2d`; with `portable` set (see `use_portable_ops`) or off CPU the built-in convolution
-    runs."""
+    checkpoints as `nn.Conv2d`; with `portable` set (see `use_portable_ops`; mixed precision sets it too, see
+    `Float32Kernels`) or off CPU the built-in convolution runs."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, pad_mode="pad", padding=0, group=1,
                  has_bias=False):
@@ -64,7 +65,7 @@ class UnfoldConv2d(nn.Conv2d):
                 and padding == kernel_size // 2 and isinstance(stride, int)):
             raise ValueError("UnfoldConv2d needs group 1, an int kernel_size and stride, padding kernel_size // 2 "
                              "and no bias")
-        self.portable = ms.get_context("device_target") != "CPU"
+        self.portable = not building_for_cpu()
         self.im2col = im2col_op(kernel_size, stride)  # C++ im2col (None: ops.unfold)
 
     def construct(self, x):
@@ -104,19 +105,21 @@ def use_portable_ops(net: nn.Cell) -> nn.Cell:
 ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hswish": HSwish, "hsigmoid": HSigmoid}
 
 
-class ConvBNAct(nn.SequentialCell):
+class ConvBNAct(Float32Kernels, nn.SequentialCell):
     """Conv -> BatchNorm -> activation (a SequentialCell: parameter names `<i>.0.weight`, `<i>.1.gamma`, ...).
-    On CPU, in training BatchNorm (batch statistics) and activation are one C++ op (`batchnorm_train_op`); in
-    inference the BatchNorm is folded into the convolution: conv(x, w * s) + (beta - mean * s) with
-    s = gamma / sqrt(var + eps), then bias + activation in one pass.  With `portable` set (see
-    `use_portable_ops`) conv, BatchNorm and activation run as written."""
+
+    With the C++ CPU kernels: in training BatchNorm (batch statistics) and activation are one op
+    (`batchnorm_train_op`); in inference the BatchNorm is folded into the convolution, conv(x, w * s) +
+    (beta - mean * s) with s = gamma / sqrt(var + eps), then bias + activation in one pass.  Otherwise (off CPU, or
+    with `portable` set by `use_portable_ops` or by mixed precision, see `Float32Kernels`) conv, BatchNorm and
+    activation run as written, which is what every amp level expects."""
 
     def __init__(self, layers, activation=None):
         super().__init__(layers)
         self.portable = False
-        self.bn_act = batchnorm_train_op(activation)  # training BatchNorm + activation (None: not available)
+        self.bn_act = batchnorm_train_op(activation)  # training BatchNorm + activation (None: no kernels)
         # Inference: BatchNorm folded into the weight by one op; then conv + bias + activation in the depthwise
-        # kernel, or bias + activation in one pass after the convolution (each None where not available).
+        # kernel, or bias + activation in one pass after the convolution.
         self.fold = fold_batchnorm_op()
         conv = layers[0]
         self.conv_bias_act = conv.bias_act_op(activation) if isinstance(conv, DepthwiseConv2d) else None
@@ -124,33 +127,28 @@ class ConvBNAct(nn.SequentialCell):
         self.eps = Tensor([layers[1].eps], ms.float32)
 
     def construct(self, x):
-        bn = self.cell_list[1]
-        if self.training and not self.portable and self.bn_act is not None and bn.use_batch_statistics is None:
-            return self._train_fused(x, bn)
-        if self.training or self.portable:
+        if self.portable or self.bn_act is None:
             for cell in self.cell_list:
                 x = cell(x)
             return x
-        conv = self.cell_list[0]
-        if self.fold is not None:
-            weight, bias = self.fold(conv.weight, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance, self.eps)
-        else:
-            scale = bn.gamma / ops.sqrt(bn.moving_variance + bn.eps)
-            weight, bias = conv.weight * scale.reshape(-1, 1, 1, 1), bn.beta - bn.moving_mean * scale
+        # Kernels only: amp level O2 wraps the BatchNorm of `cell_list` (`_do_keep_batchnorm_fp32` in
+        # mindspore/train/amp.py), but it marks this cell float16 first, which sets `portable`.
+        conv, bn = self.cell_list[0], self.cell_list[1]
+        if self.training and bn.use_batch_statistics is None:
+            return self._train_fused(x, conv, bn)
+        if self.training:
+            for cell in self.cell_list:
+                x = cell(x)
+            return x
+        weight, bias = self.fold(conv.weight, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance, self.eps)
         if self.conv_bias_act is not None:
             return self.conv_bias_act(x, weight, bias)
-        x = conv.convolve(x, weight)
-        if self.bias_act is not None:
-            return self.bias_act(x, bias)
-        x = ops.bias_add(x, bias)
-        if len(self.cell_list) > 2:
-            x = self.cell_list[2](x)
-        return x
+        return self.bias_act(conv.convolve(x, weight), bias)
 
-    def _train_fused(self, x, bn):
+    def _train_fused(self, x, conv, bn):
         """conv, then BatchNorm on batch statistics + activation in one C++ op; the moving statistics are
         updated as MindSpore's BatchNorm does (unbiased variance, weight `bn.momentum` on the batch)."""
-        x = self.cell_list[0](x)
+        x = conv(x)
         y, mean, var = self.bn_act(x, bn.gamma, bn.beta, self.eps)
         count = x.shape[0] * x.shape[2] * x.shape[3]
         unbiased = var * (count / max(count - 1, 1))
@@ -194,25 +192,56 @@ class GlobalAvgPool(nn.Cell):
         return pooled if self.keep_dims else pooled.reshape(x.shape[0], x.shape[1])
 
 
+HASH_MULTIPLIERS = (25883, 13613)  # odd and < 2**15: h * m < 2**31 for 16-bit h, never an int32 overflow
+HASH_SHIFTS = (8, 7, 9)
+HASH_LEVELS = 1 << 16
+
+
+def hash16(h):
+    """A bijection of 16-bit values (int32 tensor) with good avalanche: xor-shift, multiply mod 2**16, three times.
+    Exact on every target: products stay below 2**31 (int32 overflow behaviour is undocumented on Ascend) and the
+    right shifts are floor divisions of values below 2**24 (Ascend divides int32 through float32)."""
+    first, second, third = HASH_SHIFTS
+    h = ops.bitwise_xor(h, ops.floor_divide(h, 1 << first))
+    h = ops.bitwise_and(h * HASH_MULTIPLIERS[0], HASH_LEVELS - 1)
+    h = ops.bitwise_xor(h, ops.floor_divide(h, 1 << second))
+    h = ops.bitwise_and(h * HASH_MULTIPLIERS[1], HASH_LEVELS - 1)
+    return ops.bitwise_xor(h, ops.floor_divide(h, 1 << third))
+
+
+def dropout_levels(seed: int, calls, size: int):
+    """16-bit hash levels (int32, `size` values) of (seed, call counter, element index), each word mixed in turn;
+    the index's low 16 bits last and mixed twice, so every block of 65,536 elements gets every level exactly once.
+    int32 only: MindSpore's Ascend AI Core kernels have no float64 Sin / Floor."""
+    h = ops.zeros((), ms.int32)
+    for word in (Tensor(seed % HASH_LEVELS, ms.int32), Tensor(seed // HASH_LEVELS % HASH_LEVELS, ms.int32),
+                 ops.bitwise_and(calls, HASH_LEVELS - 1), ops.floor_divide(calls, HASH_LEVELS)):
+        h = hash16(ops.bitwise_xor(h, word))
+    index = ops.arange(0, size, dtype=ms.int32)
+    h = hash16(ops.bitwise_xor(h, ops.floor_divide(index, HASH_LEVELS)))
+    return hash16(hash16(ops.bitwise_xor(h, ops.bitwise_and(index, HASH_LEVELS - 1))))
+
+
 class Dropout(nn.Cell):
-    """Inverted dropout whose mask is a hash of (seed, call counter, element index), so that runs with the
-    same seed are bitwise reproducible (MindSpore's `nn.Dropout` is not) and a resumed run continues the
-    same masks: the counter is a Parameter, saved in checkpoints.  Identity in inference mode."""
+    """Inverted dropout whose mask is a hash of (seed, call counter, element index) (`dropout_levels`), so that runs
+    with the same seed are bitwise reproducible (MindSpore's `nn.Dropout` is not) and a resumed run continues the
+    same masks: the counter is a Parameter, saved in checkpoints.  An element is kept when its level is at least
+    round(p * 65536) and scaled by 65536 / (65536 - that), which is unbiased.  Identity in inference mode."""
 
     def __init__(self, p: float, seed: int = 0):
         super().__init__()
         self.p = p
-        self.seed = float(seed)
+        self.seed = seed
+        self.threshold = round(p * HASH_LEVELS)
+        self.scale = HASH_LEVELS / (HASH_LEVELS - self.threshold)
         self.calls = Parameter(Tensor(0, ms.int32), name="calls", requires_grad=False)
 
     def construct(self, x):
         if not self.training:
             return x
         calls = ops.assign_add(self.calls, ops.ones((), ms.int32))
-        index = ops.arange(0, x.size, dtype=ms.float64).reshape(x.shape)
-        noise = ops.sin(index * 12.9898 + calls.astype(ms.float64) * 78.233 + self.seed * 37.719) * 43758.5453
-        keep = (noise - ops.floor(noise) >= self.p).astype(x.dtype)
-        return x * keep / (1.0 - self.p)
+        levels = ops.stop_gradient(dropout_levels(self.seed, calls, x.size).reshape(x.shape))
+        return x * (levels >= self.threshold).astype(x.dtype) * self.scale
 
 
 def make_dropout(p: float) -> nn.Cell:
