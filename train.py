@@ -78,9 +78,10 @@ def main():
         callbacks.insert(0, EvalMonitor(progress, model, eval_ds, net, config.eval_interval, best_path,
                                         best_top1(best_path) if writer and checkpoint else -1.0))
     callbacks += [cb for cb in (saver, stop) if cb is not None]
+    sinks = f"data sink of {sink.steps} steps" if sink.enabled else "no data sink"
     log(f"training {config.model} x{config.width_mult:g} on {config.device_target}: {steps_per_epoch} steps of "
         f"{config.batch_size} images per epoch, epochs {global_step // steps_per_epoch + 1}..{config.epoch_size}, "
-        f"amp {precision.amp_level}, {'data sink of ' + str(sink.steps) + ' steps' if sink.enabled else 'no data sink'}")
+        f"amp {precision.amp_level}, {sinks}")
     with pipeline_errors_reported():
         model.train(train_dataset=train_ds, callbacks=callbacks, **arguments)
     if stop.signal_name:

@@ -168,16 +168,15 @@ class TrainMonitor(Callback):
             total = self.skipped_steps()
             skipped, self.skipped_total = total - self.skipped_total, total
         epoch, step = self.progress.epoch_and_step(global_step)
-        where = f"step {step}" if steps == 1 else f"steps {step - steps + 1}-{step}"
+        label, numbers = ("step", f"{step}") if steps == 1 else ("steps", f"{step - steps + 1}-{step}")
         if finite < steps and self.skipped_steps is None:
-            raise UserError(f"loss is not finite at epoch {epoch} {where} (global step {global_step}): training "
-                            f"diverged and was stopped; checkpoints already saved are kept; lower lr_max, or use "
-                            f"--loss_scale_type dynamic")
+            raise UserError(f"loss is not finite at epoch {epoch} {label} {numbers} (global step {global_step}): "
+                            f"training diverged and was stopped; checkpoints already saved are kept; lower lr_max, or "
+                            f"use --loss_scale_type dynamic")
         for key, value in (("loss_sum", loss_sum), ("finite", finite), ("steps", steps), ("skipped", skipped)):
             self.epoch[key] += value
         if skipped:
-            log(f"epoch: {epoch} {where.replace(' ', ': ', 1)}, gradient overflow: {skipped} step(s) skipped, "
-                f"loss scale lowered")
+            log(f"epoch: {epoch} {label}: {numbers}, gradient overflow: {skipped} step(s) skipped, loss scale lowered")
         if step // self.log_interval != (step - steps) // self.log_interval or step == self.progress.steps_per_epoch:
             log(f"epoch: {epoch} step: {step}, loss is {loss_sum / finite if finite else math.nan:.6f}, "
                 f"lr: {self._lr_at(global_step):.6g}")

@@ -151,6 +151,18 @@ def test_every_precision_setting_has_an_explicit_manager(amp_level, loss_scale, 
         assert precision.optimizer_loss_scale == 1.0 and precision.skips_steps
 
 
+def test_cpu_trains_in_float32_with_a_fixed_scale(capsys):
+    """CPU: amp levels fall back to O0 and a dynamic loss scale to a fixed one (amp.py line 771 refuses a loss-scale
+    update cell on CPU), each with a warning."""
+    precision = precision_settings(config_for({"device_target": "CPU", "amp_level": "O2", "loss_scale": 128.0,
+                                               "loss_scale_type": "dynamic"}))
+    assert precision.amp_level == "O0" and type(precision.loss_scale_manager) is FixedLossScaleManager
+    assert precision.loss_scale_manager.get_loss_scale() == precision.optimizer_loss_scale == 128.0
+    err = capsys.readouterr().err
+    assert "WARNING: amp_level O2 is for GPU and Ascend: training in float32 (O0) on CPU" in err
+    assert "WARNING: loss_scale_type dynamic is for GPU and Ascend: a fixed loss scale of 128 on CPU" in err
+
+
 def test_o2_with_loss_scale_1_trains_without_a_dynamic_manager():
     """On CPU a dynamic manager cannot even be built (amp.py line 771 refuses its update cell there), which shows
     which manager `Model(amp_level="O2")` picks when given none: with the explicit fixed manager it builds a plain
@@ -291,7 +303,7 @@ def test_sink_mode_non_finite_step_inside_a_sink_stops_the_run(clock, tmp_path):
     step_losses = [1.0] * 5 + [math.nan] + [1.0] * 10
     saver = CheckpointSaver(progress, str(tmp_path), "net", every_epochs=1, keep=5, total_epochs=2)
     callbacks = [TrainMonitor(progress, recorder, np.full(16, 0.1), 32, 4, 2), saver]
-    with pytest.raises(UserError, match=r"loss is not finite at epoch 1 steps 5-8 \(global step 8\): training diverged"):
+    with pytest.raises(UserError, match=r"loss is not finite at epoch 1 steps 5-8 \(global step 8\): training"):
         train_like_loop_sink(callbacks, recorder, 4, 4, step_losses, clock)
     assert not os.listdir(tmp_path)
 
@@ -432,6 +444,7 @@ def dry_run(monkeypatch):
 
     monkeypatch.setattr(Model, "train", record_train)
     monkeypatch.setattr(Model, "eval", record_eval)
+    mode, fast_recovery = ms.get_context("mode"), ms.dataset.config.get_fast_recovery()
 
     def run(script, argv):
         monkeypatch.setattr(script, "setup_device", fake_setup)
@@ -440,7 +453,9 @@ def dry_run(monkeypatch):
         assert script.main() == 0
         return recorded
 
-    return run
+    yield run
+    ms.set_context(mode=mode)
+    ms.dataset.config.set_fast_recovery(fast_recovery)
 
 
 @pytest.mark.parametrize("config_file", SHIPPED_CONFIGS)
