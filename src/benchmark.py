@@ -54,7 +54,7 @@ def measure_model(args, name: str, width: float, data_root: str) -> dict:
     import mindspore as ms  # pylint: disable=import-outside-toplevel
     import mindspore.nn as nn  # pylint: disable=import-outside-toplevel
     from src.dataset import create_dataset  # pylint: disable=import-outside-toplevel
-    from src.loss import CrossEntropySmooth  # pylint: disable=import-outside-toplevel
+    from src.loss import CrossEntropySmooth, LossRecorder  # pylint: disable=import-outside-toplevel
     from src.model_utils.config import get_config  # pylint: disable=import-outside-toplevel
     from src.model_utils.device import setup_device  # pylint: disable=import-outside-toplevel
     from src.models import count_macs, count_params, create_model  # pylint: disable=import-outside-toplevel
@@ -70,7 +70,7 @@ def measure_model(args, name: str, width: float, data_root: str) -> dict:
            "threads": args.threads or os.cpu_count(), "params": count_params(reference),
            "macs_m": round(count_macs(reference, args.image_size) / 1e6, 2)}
     net = create_model(name, class_num=10, width_mult=width)
-    train_step = nn.TrainOneStepCell(nn.WithLossCell(net, CrossEntropySmooth(10)),
+    train_step = nn.TrainOneStepCell(nn.WithLossCell(net, LossRecorder(CrossEntropySmooth(10))),  # as train.py
                                      create_optimizer(net, 0.01, "momentum", 0.9, 1e-4))
     train_step.set_train(True)
     rng = np.random.default_rng(0)
