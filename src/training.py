@@ -12,7 +12,7 @@ from mindspore.train import Model
 
 from src.errors import UserError
 from src.loss import CrossEntropySmooth
-from src.model_utils.cli import warn
+from src.model_utils.cli import log, warn
 from src.models.layers import use_portable_ops
 
 
@@ -107,6 +107,8 @@ def build_model(config, net, loss_fn=None, optimizer=None, precision: Precision 
         amp_level = precision.amp_level
         if amp_level == "O1":
             mixed_precision_o1(net)
+            log("amp_level O1: convolutions and dense layers in float16 through Cell.to_float (MindSpore's O1 "
+                "source rewrite fails on these networks)")
             amp_level = "O0"  # applied above; `Model` must not convert again
         kwargs = {"amp_level": amp_level, "loss_scale_manager": precision.loss_scale_manager}
     return Model(net, loss_fn=loss_fn, optimizer=optimizer, metrics=eval_metrics(), eval_network=eval_net,
