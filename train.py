@@ -12,6 +12,7 @@ from src.loss import CrossEntropySmooth, LossRecorder
 from src.lr_generator import get_lr
 from src.model_utils.cli import log, run
 from src.model_utils.config import get_config
+from src.distributed import check_same_start
 from src.model_utils.device import init_distributed, setup_device
 from src.models import create_model
 from src.optimizer import create_optimizer
@@ -32,7 +33,7 @@ def main():
     train_ds = create_dataset(config, do_train=True, rank_id=rank, rank_size=group_size)
     steps_per_epoch = train_ds.get_dataset_size()
     sink = data_sink(config, steps_per_epoch)
-    eval_ds = create_dataset(config, do_train=False) if config.run_eval else None
+    eval_ds = create_dataset(config, do_train=False, rank_id=rank, rank_size=group_size) if config.run_eval else None
 
     net = create_model(config.model, config.class_num, config.width_mult, config.dropout, config.device_target)
     if config.pre_trained:
@@ -51,6 +52,8 @@ def main():
         global_step = restore_training(checkpoint, net, optimizer, len(lr))[1]
         log(f"resumed {checkpoint}: {global_step // steps_per_epoch} epochs and {global_step % steps_per_epoch} "
             f"steps done, global step {global_step}, lr {lr[global_step - 1]:.6g}")
+    check_same_start(checkpoint, global_step)
+    if checkpoint:
         if global_step >= len(lr):
             log(f"training already finished ({config.epoch_size} of {config.epoch_size} epochs)")
             return 0
@@ -64,9 +67,9 @@ def main():
         trim_metrics(metrics_path, global_step // steps_per_epoch)
     progress = Progress(steps_per_epoch, global_step)
     saver = None
-    if writer and config.save_checkpoint:
+    if config.save_checkpoint:
         saver = CheckpointSaver(progress, ckpt_dir, config.model, config.save_checkpoint_epochs,
-                                config.keep_checkpoint_max, config.epoch_size)
+                                config.keep_checkpoint_max, config.epoch_size, write=writer)
     stop = StopOnSignal(saver)
     skipped_steps = precision.loss_scale_manager.skipped_steps if precision.skips_steps else None
     # order matters: evaluation feeds the monitor's metrics row; the monitor's divergence check runs
@@ -78,6 +81,8 @@ def main():
         callbacks.insert(0, EvalMonitor(progress, model, eval_ds, net, config.eval_interval, best_path,
                                         best_top1(best_path) if writer and checkpoint else -1.0))
     callbacks += [cb for cb in (saver, stop) if cb is not None]
+    log(f"global batch {config.batch_size * group_size} ({config.batch_size} per rank x {group_size} ranks), "
+        f"lr_max {config.lr_max:g}")
     sinks = f"data sink of {sink.steps} steps" if sink.enabled else "no data sink"
     log(f"training {config.model} x{config.width_mult:g} on {config.device_target}: {steps_per_epoch} steps of "
         f"{config.batch_size} images per epoch, epochs {global_step // steps_per_epoch + 1}..{config.epoch_size}, "
@@ -86,7 +91,8 @@ def main():
         model.train(train_dataset=train_ds, callbacks=callbacks, **arguments)
     if stop.signal_name:
         saved = f"saved {stop.saved}" if stop.saved else "no checkpoint written by this rank"
-        log(f"stopped by {stop.signal_name}: {saved}; resume with the same command plus --resume auto")
+        sender = "" if stop.received else " (received by another rank)"
+        log(f"stopped by {stop.signal_name}{sender}: {saved}; resume with the same command plus --resume auto")
         return 128 + getattr(signal, stop.signal_name)
     log(f"training finished; checkpoints in {ckpt_dir}" if writer else "training finished")
     return 0

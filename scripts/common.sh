@@ -109,8 +109,25 @@ kill_tree() {  # kill_tree SIGNAL PID: PID and all its descendants
   kill "-$1" "$2" 2> /dev/null || true
 }
 
-launch() {  # launch LOG COMMAND...: run COMMAND (a program or a function) with its output in LOG
-  local log=$1 job viewer status=0
+stop_ranks() {  # stop_ranks SIGNAL PID: send SIGNAL to the train.py / eval.py ranks among PID and its descendants
+  # Only to the ranks: they agree on a step, rank 0 saves, all exit 128 + signal. Not to msrun (its SIGINT handler
+  # SIGKILLs every worker at once), mpirun, or msrun's scheduler (the ranks need it until they are done).
+  local child cmdline
+  for child in $(ps -o pid= --ppid "$2" 2> /dev/null); do stop_ranks "$1" "$child"; done
+  cmdline=$(tr '\0' ' ' < "/proc/$2/cmdline" 2> /dev/null) || return 0
+  if [[ $cmdline =~ (train|eval)\.py && ! $cmdline =~ (msrun|mpirun|orted|prterun) ]] \
+    && ! grep -qa "MS_ROLE=MS_SCHED" "/proc/$2/environ" 2> /dev/null; then
+    kill "-$1" "$2" 2> /dev/null || true
+  fi
+}
+
+stopped_by() {  # stopped_by LOG...: the signal (e.g. SIGTERM) that stopped the run whose logs are LOG..., if any
+  { grep -a -h -o -E "stopped by SIG[A-Z]+" "$@" 2> /dev/null || true; } | sed -n '1s/^stopped by //p'
+}
+
+launch() {  # launch LOG COMMAND...: run COMMAND (a program or a function) with its output in LOG; RANK_LOGS: a
+  # pattern of the ranks' own logs, where a stop on a signal shows
+  local log=$1 job viewer status=0 signal rank_logs
   shift
   : > "$log"
   "$@" > "$log" 2>&1 &
@@ -122,13 +139,26 @@ launch() {  # launch LOG COMMAND...: run COMMAND (a program or a function) with 
   echo "log: $log"
   tail -n +1 -f --pid="$job" "$log" &
   viewer=$!
-  # `wait` (unlike a foreground command) lets a signal in at once. SIGINT stops the whole run: train.py stops at
-  # the end of its step, msrun kills its workers.
-  trap 'kill_tree INT "$job"; wait "$job" "$viewer"; exit 130' INT TERM
-  wait "$job" || status=$?
+  # `wait` (unlike a foreground command) lets a signal in at once: SIGINT or SIGTERM goes on to the ranks only
+  # (see stop_ranks), then the job is waited for until it ends.
+  trap 'stop_ranks INT "$job"' INT
+  trap 'stop_ranks TERM "$job"' TERM
+  while :; do
+    status=0
+    wait "$job" || status=$?
+    kill -0 "$job" 2> /dev/null || break
+  done
   wait "$viewer"
   trap - INT TERM
-  if [ "$status" -ne 0 ]; then echo "ERROR: the run failed ($(describe_exit "$status")); log: $log" >&2; fi
+  mapfile -t rank_logs < <(compgen -G "${RANK_LOGS:-$log}")
+  signal=$(stopped_by "$log" "${rank_logs[@]}")
+  if [ -n "$signal" ]; then
+    status=$((128 + $(kill -l "$signal")))
+    echo "stopped by $signal (exit $status): every rank stopped at the same step and rank 0 saved a checkpoint;" \
+      "resume with the same command plus: -- --resume auto" >&2
+  elif [ "$status" -ne 0 ]; then
+    echo "ERROR: the run failed ($(describe_exit "$status")); log: $log" >&2
+  fi
   return "$status"
 }
 
@@ -185,7 +215,8 @@ msrun_job() {  # msrun_job WORKERS LOG [train.py and its arguments]: msrun, then
   shift 2
   msrun --worker_num="$workers" --local_worker_num="$workers" --master_port="$MASTER_PORT" --log_dir="$RUN_DIR" \
     --join=True --cluster_time_out="${CLUSTER_TIMEOUT:-600}" "$@" || status=$?
-  if [ "$status" -ne 0 ]; then report_failed_rank "$log"; fi
+  # ranks that stopped on a signal exit 128 + signal, which msrun reports as a failure
+  if [ "$status" -ne 0 ] && [ -z "$(stopped_by "$RUN_DIR"/worker_*.log)" ]; then report_failed_rank "$log"; fi
   return "$status"
 }
 
@@ -206,6 +237,7 @@ data_parallel_train() {  # data_parallel_train TARGET WORKERS: train.py on WORKE
   train_command "$1" --run_distribute True
   if [ "$launcher" = msrun ]; then
     MASTER_PORT=${MASTER_PORT:-$(free_port)}
+    RANK_LOGS="$RUN_DIR/worker_*.log"
     echo "msrun: $2 ranks, master port $MASTER_PORT; rank logs: $RUN_DIR/worker_<rank>.log"
     launch "$log" msrun_job "$2" "$log" "${CMD[@]}"
   else

@@ -40,14 +40,16 @@ export RANK_TABLE_FILE RANK_SIZE
 RANK_PIDS=()
 
 wait_ranks() {  # wait for the ranks in RANK_PIDS; the first that fails stops the others
-  local rank status other
+  local rank status other stopped=0
   while [ ${#RANK_PIDS[@]} -gt 0 ]; do
     for rank in "${!RANK_PIDS[@]}"; do
       if kill -0 "${RANK_PIDS[$rank]}" 2> /dev/null; then continue; fi
       status=0
       wait "${RANK_PIDS[$rank]}" || status=$?
       unset "RANK_PIDS[$rank]"
-      if [ "$status" -ne 0 ]; then
+      if [ "$status" -gt 128 ] && [ -n "$(stopped_by "$PWD/train_parallel$rank/log")" ]; then
+        stopped=$status  # stopped on a signal, as the others do at the same step: wait for them
+      elif [ "$status" -ne 0 ]; then
         echo "ERROR: rank $rank failed: $(describe_exit "$status"); its log: $PWD/train_parallel$rank/log;" \
           "stopping the other ranks" >&2
         for other in "${RANK_PIDS[@]}"; do kill_tree KILL "$other"; done  # they would wait for it in a collective
@@ -57,6 +59,7 @@ wait_ranks() {  # wait for the ranks in RANK_PIDS; the first that fails stops th
     done
     sleep 1
   done
+  if [ "$stopped" -ne 0 ]; then return "$stopped"; fi
   echo "all $RANK_SIZE ranks finished"
 }
 
@@ -78,4 +81,5 @@ rank_table_job() {  # start one process per local device, then wait for them
   wait_ranks
 }
 
+RANK_LOGS="$PWD/train_parallel[0-9]*/log"
 launch "$PWD/train_parallel.log" rank_table_job

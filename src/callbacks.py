@@ -7,9 +7,11 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from mindspore import Tensor
 from mindspore.train.callback import Callback
 
 from src.checkpoint import save_checkpoint, training_checkpoints
+from src.distributed import all_gather, averaged_statistics, barrier
 from src.errors import UserError
 from src.model_utils.cli import log
 from src.training import evaluate
@@ -42,17 +44,20 @@ class Progress:
 
 class CheckpointSaver(Callback):
     """Every `every_epochs` epochs (and after the last) save the train network (weights, BN statistics,
-    optimizer moments, global_step, LR) as `<directory>/<prefix>-<epoch>_<step>.ckpt`; keep the newest `keep`."""
+    optimizer moments, global_step, LR) as `<directory>/<prefix>-<epoch>_<step>.ckpt`; keep the newest `keep`.
+    Every rank runs it (the BatchNorm statistics saved are the ranks' mean, see `averaged_statistics`, with each
+    rank's own kept for an exact resume); only the one with `write` writes."""
 
     def __init__(self, progress: Progress, directory: str, prefix: str, every_epochs: int, keep: int,
-                 total_epochs: int):
+                 total_epochs: int, write: bool = True):
         super().__init__()
-        self.progress, self.directory, self.prefix = progress, directory, prefix
+        self.progress, self.directory, self.prefix, self.write = progress, directory, prefix, write
         self.every_epochs, self.keep, self.total_epochs = every_epochs, keep, total_epochs
 
     def save(self, cb) -> str:
-        """Save now (at the end of the current step or sink); returns the file written.  Weights that are no longer
-        finite are never saved: the run stops with a `UserError` and the checkpoints before stay."""
+        """Save now (at the end of the current step or sink); returns the file written ("" where this rank does not
+        write).  Weights that are no longer finite are never saved: the run stops with a `UserError` and the
+        checkpoints before stay."""
         global_step = self.progress.global_step(cb)
         epoch, step = self.progress.epoch_and_step(global_step)
         for param in cb.train_network.trainable_params():
@@ -61,7 +66,11 @@ class CheckpointSaver(Callback):
                                 f"{global_step}): training diverged and was stopped without saving; checkpoints "
                                 f"already saved are kept; lower lr_max")
         path = os.path.join(self.directory, f"{self.prefix}-{epoch}_{step}.ckpt")
-        save_checkpoint(cb.train_network, path, {"epoch_num": epoch, "step_num": global_step})
+        with averaged_statistics(cb.train_network) as per_rank:
+            if not self.write:
+                return ""
+            extra = {name: Tensor(value) for name, value in per_rank.items()}
+            save_checkpoint(cb.train_network, path, {"epoch_num": epoch, "step_num": global_step, **extra})
         for old in training_checkpoints(self.directory, self.prefix)[self.keep:]:
             os.remove(old)
         return path
@@ -76,28 +85,35 @@ class CheckpointSaver(Callback):
 
 class StopOnSignal(Callback):
     """SIGTERM and SIGINT (Ctrl-C) only set a flag; at the next step end (with data sink: the sink's end) the run
-    saves a checkpoint through `saver` (None on ranks that write none) and stops.  `signal_name` and `saved` tell
-    what happened."""
+    saves a checkpoint through `saver` (None when none is saved) and stops.  With several ranks they agree on that
+    step first (the flags are all-reduced every step), so a signal to any one rank stops all of them at the same
+    step, and none exits before the checkpoint is complete (msrun kills every rank when the first one exits).
+    `signal_name` and `saved` tell what happened."""
 
     def __init__(self, saver=None):
         super().__init__()
-        self.saver, self.signal_name, self.saved = saver, "", ""
+        self.saver, self.received, self.signal_name, self.saved = saver, 0, "", ""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._request)
 
     def _request(self, signum, _frame):
-        self.signal_name = signal.Signals(signum).name
+        self.received = signum
 
     def on_train_step_end(self, run_context):
-        if self.signal_name:
+        signum = int(all_gather(np.array([self.received], np.int32)).max())
+        if signum:
+            self.signal_name = signal.Signals(signum).name
             if self.saver is not None:
                 self.saved = self.saver.save(run_context.original_args())
+            barrier()
             run_context.request_stop()
 
 
 class EvalMonitor(Callback):
     """Every `interval` epochs evaluate on `eval_dataset`, log top-1/top-5 and keep the best weights
-    as `best_path` (when given); the result is left in `cb_params.eval_result` for `TrainMonitor`."""
+    as `best_path` (when given); the result is left in `cb_params.eval_result` for `TrainMonitor`.  With several
+    ranks each evaluates its shard (`evaluate` adds up the ranks' sums) with the ranks' mean BatchNorm statistics,
+    which the best checkpoint holds too."""
 
     def __init__(self, progress: Progress, model, eval_dataset, network, interval: int, best_path: str = "",
                  best_top1: float = -1.0):
@@ -112,16 +128,17 @@ class EvalMonitor(Callback):
         if not epoch or epoch % self.interval or run_context.get_stop_requested():
             return
         start = time.time()
-        result = evaluate(self.model, self.eval_dataset)
-        cb.eval_result = result
-        top1 = result["top_1_accuracy"]
-        line = (f"epoch: {epoch} eval: top_1_accuracy {top1:.4f}, top_5_accuracy {result['top_5_accuracy']:.4f}, "
-                f"loss {result['loss']:.4f} ({time.time() - start:.1f} s)")
-        if top1 > self.best_top1:
-            self.best_top1 = top1
-            if self.best_path:
-                save_checkpoint(self.network, self.best_path, {"epoch_num": epoch, "top_1_accuracy": top1})
-                line += f"; best so far, saved {self.best_path}"
+        with averaged_statistics(self.network):
+            result = evaluate(self.model, self.eval_dataset)
+            cb.eval_result = result
+            top1 = result["top_1_accuracy"]
+            line = (f"epoch: {epoch} eval: top_1_accuracy {top1:.4f}, top_5_accuracy "
+                    f"{result['top_5_accuracy']:.4f}, loss {result['loss']:.4f} ({time.time() - start:.1f} s)")
+            if top1 > self.best_top1:
+                self.best_top1 = top1
+                if self.best_path:
+                    save_checkpoint(self.network, self.best_path, {"epoch_num": epoch, "top_1_accuracy": top1})
+                    line += f"; best so far, saved {self.best_path}"
         log(line)
 
 

@@ -6,6 +6,7 @@ from typing import Optional
 import mindspore as ms
 import numpy as np
 
+from src.distributed import restore_own_statistics
 from src.errors import UserError
 from src.model_utils.cli import log, warn
 
@@ -67,7 +68,8 @@ def checkpoint_position(params: dict) -> tuple:
 
 def restore_training(path: str, net, optimizer, total_steps: int) -> tuple:
     """Load weights, BN statistics and optimizer state (moments, global_step, LR) from `path`, which must
-    come from a run of `total_steps` steps (one LR per step).  Returns (epoch stored, global step)."""
+    come from a run of `total_steps` steps (one LR per step); with several ranks each takes its own BN statistics
+    where the checkpoint has them.  Returns (epoch stored, global step)."""
     params = read_checkpoint(path, "resume checkpoint")
     position = checkpoint_position(params)
     weights = fit_to_network(net, params, path, "resume checkpoint")
@@ -77,6 +79,7 @@ def restore_training(path: str, net, optimizer, total_steps: int) -> tuple:
                         f"{total_steps}: resume with the same epoch_size, batch_size, data set and device count")
     ms.load_param_into_net(net, weights)
     ms.load_param_into_net(optimizer, params)
+    restore_own_statistics(net, params)
     return position
 
 

@@ -14,6 +14,7 @@ every rank reads a disjoint shard of equal size for training; evaluation shards 
 """
 import contextlib
 import os
+import random
 import re
 from typing import Optional
 
@@ -49,20 +50,27 @@ class DatasetError(UserError):
 def create_dataset(config, do_train: bool, rank_id: int = 0, rank_size: int = 1) -> ds.Dataset:
     """Batched ("image" float32 NCHW, "label" int32) data set: training data if `do_train`, else evaluation data.
 
-    Training sets the dataset engine's global seed to `config.seed`.
+    Training sets the dataset engine's global seed: `config.seed` for the shuffle (samplers take it when built),
+    then `config.seed + rank_id` for the random augmentations, so that ranks draw different crops and flips.
     """
     if config.dataset not in ("cifar10", "imagenet2012"):
         raise DatasetError(f"dataset '{config.dataset}' is not supported; expected cifar10 or imagenet2012")
     key, path = _data_path(config, do_train)
     workers = max(1, min(config.num_parallel_workers, os.cpu_count() or 1))
     if do_train:
-        ds.config.set_seed(config.seed)
+        ds.config.set_seed(config.seed)  # the shuffle: the same on every rank, which takes its share of it
     if config.dataset == "cifar10":
         data = _cifar10_source(config, key, path, do_train, rank_id, rank_size)
         operations = _cifar10_transforms(config, do_train)
     else:
         data = _image_folder_source(config, key, path, do_train, rank_id, rank_size, workers)
         operations = _imagenet_transforms(config, do_train)
+    if do_train:  # the augmentations: each rank its own (read when the pipeline starts)
+        numpy_state, python_state = np.random.get_state(), random.getstate()
+        ds.config.set_seed(config.seed + rank_id)
+        # it also reseeds numpy and `random`, from which weights are initialised: keep them the same on every rank
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
     data = data.map(operations, input_columns="image", num_parallel_workers=workers)
     data = data.map(transforms.TypeCast(ms.int32), input_columns="label", num_parallel_workers=workers)
     return data.batch(config.batch_size, drop_remainder=do_train)

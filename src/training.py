@@ -6,10 +6,12 @@ from dataclasses import dataclass
 import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
+import numpy as np
 from mindspore import Parameter, Tensor
 from mindspore.amp import DynamicLossScaleManager, FixedLossScaleManager, LossScaleManager
 from mindspore.train import Model
 
+from src.distributed import all_reduce
 from src.errors import UserError
 from src.loss import CrossEntropySmooth
 from src.model_utils.cli import log, warn
@@ -92,16 +94,33 @@ def mixed_precision_o1(net: nn.Cell) -> nn.Cell:
     return net
 
 
-def eval_metrics() -> dict:
-    return {"top_1_accuracy": nn.Top1CategoricalAccuracy(), "top_5_accuracy": nn.Top5CategoricalAccuracy(),
-            "loss": nn.Loss()}
+class EvalSums(nn.Metric):
+    """Sums over the images seen: correct top-1, correct top-5 (as `nn.Top1/Top5CategoricalAccuracy` decide),
+    per-image loss, image count; `evaluate` adds them up over the ranks.  Per-image losses, so that the mean does not
+    depend on how the images fall into batches (or shards)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sums = np.zeros(4)
+
+    def clear(self):
+        self.sums = np.zeros(4)
+
+    def update(self, *inputs):
+        losses, logits, labels = (self._convert_data(value) for value in inputs)
+        ranked = np.argsort(-logits, axis=1)[:, :5]  # as nn.TopKCategoricalAccuracy ranks (ties included)
+        self.sums += (np.sum(ranked[:, 0] == labels), np.sum(ranked == labels[:, None]),
+                      np.sum(losses, dtype=np.float64), labels.shape[0])
+
+    def eval(self):
+        return self.sums
 
 
 def build_model(config, net, loss_fn=None, optimizer=None, precision: Precision = None) -> Model:
     """`Model` that trains `net` with `loss_fn`/`optimizer` (when given) at `precision`, and evaluates top-1, top-5
     and plain cross-entropy (label smoothing is a training device, not part of the reported loss).  Mixed
     precision changes `net` in place, so evaluation and checkpoints use the network that is trained."""
-    eval_net = nn.WithEvalCell(net, CrossEntropySmooth(config.class_num, 0.0), add_cast_fp32=True)
+    eval_net = nn.WithEvalCell(net, CrossEntropySmooth(config.class_num, 0.0, reduction="none"), add_cast_fp32=True)
     kwargs = {}
     if precision is not None:
         amp_level = precision.amp_level
@@ -111,16 +130,18 @@ def build_model(config, net, loss_fn=None, optimizer=None, precision: Precision 
                 "source rewrite fails on these networks)")
             amp_level = "O0"  # applied above; `Model` must not convert again
         kwargs = {"amp_level": amp_level, "loss_scale_manager": precision.loss_scale_manager}
-    return Model(net, loss_fn=loss_fn, optimizer=optimizer, metrics=eval_metrics(), eval_network=eval_net,
-                 eval_indexes=[0, 1, 2], **kwargs)
+    return Model(net, loss_fn=loss_fn, optimizer=optimizer, metrics={"sums": EvalSums()}, eval_network=eval_net,
+                 **kwargs)
 
 
 def evaluate(model: Model, dataset) -> dict:
-    """Top-1, top-5 and loss of `model` on `dataset`, every image counted once.  Never with data sink: a sink takes
-    its shapes from the first batch (`Model._exec_preprocess` sets `__loop_size__ = 1` for evaluation) and the last,
-    partial batch (ImageNet: 50,000 % 256 = 80 images) would fail or force dynamic shapes."""
-    result = model.eval(dataset, dataset_sink_mode=False)
-    return {key: float(result[key]) for key in ("top_1_accuracy", "top_5_accuracy", "loss")}
+    """Top-1, top-5 and mean loss of `model` on `dataset`, every image counted once (with several ranks `dataset` is
+    this rank's shard and the ranks' sums are added up).  Never with data sink: a sink takes its shapes from the first
+    batch (`Model._exec_preprocess` sets `__loop_size__ = 1` for evaluation) and the last, partial batch (ImageNet:
+    50,000 % 256 = 80 images) would fail or force dynamic shapes."""
+    sums = model.eval(dataset, dataset_sink_mode=False)["sums"]
+    top1, top5, loss, count = all_reduce(sums).astype(np.float64)
+    return {"top_1_accuracy": top1 / count, "top_5_accuracy": top5 / count, "loss": loss / count}
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import log as ms_log
 
+from src.distributed import stop_with_launcher
 from src.errors import UserError
 from src.model_utils.cli import log, set_log_rank
 
@@ -78,6 +79,7 @@ def init_distributed(config) -> tuple:
                         f"start every rank through msrun, mpirun or an Ascend rank table "
                         f"(scripts/run_distribute_train*.sh)") from err
     rank, group_size = get_rank(), get_group_size()
+    stop_with_launcher()
     config.device_num = group_size
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
                                  device_num=group_size)

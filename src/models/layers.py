@@ -4,6 +4,7 @@ import mindspore.nn as nn
 import mindspore.ops as ops
 from mindspore import Parameter, Tensor
 
+from src.distributed import rank_and_size
 from src.models.depthwise import (DepthwiseConv2d, Float32Kernels, batchnorm_train_op, bias_act_op, building_for_cpu,
                                   fold_batchnorm_op, im2col_op)
 
@@ -245,5 +246,6 @@ class Dropout(nn.Cell):
 
 
 def make_dropout(p: float) -> nn.Cell:
-    """`Dropout(p)` seeded from MindSpore's global seed, or an identity when p is 0."""
-    return Dropout(p, ms.get_seed() or 0) if p > 0 else nn.Identity()
+    """`Dropout(p)` seeded from MindSpore's global seed plus the rank (ranks drop different units), or an identity
+    when p is 0."""
+    return Dropout(p, (ms.get_seed() or 0) + rank_and_size()[0]) if p > 0 else nn.Identity()
