@@ -70,7 +70,7 @@ def main():
     if config.save_checkpoint:
         saver = CheckpointSaver(progress, ckpt_dir, config.model, config.save_checkpoint_epochs,
                                 config.keep_checkpoint_max, config.epoch_size, write=writer)
-    stop = StopOnSignal(saver)
+    stop = StopOnSignal(progress, saver)
     skipped_steps = precision.loss_scale_manager.skipped_steps if precision.skips_steps else None
     # order matters: evaluation feeds the monitor's metrics row; the monitor's divergence check runs
     # before anything saves at the end of a step or epoch
@@ -92,7 +92,8 @@ def main():
     if stop.signal_name:
         saved = f"saved {stop.saved}" if stop.saved else "no checkpoint written by this rank"
         sender = "" if stop.received else " (received by another rank)"
-        log(f"stopped by {stop.signal_name}{sender}: {saved}; resume with the same command plus --resume auto")
+        log(f"stopped by {stop.signal_name}{sender} at epoch {stop.stopped_at[0]} step {stop.stopped_at[1]}: {saved}; "
+            f"resume with the same command plus --resume auto")
         return 128 + getattr(signal, stop.signal_name)
     log(f"training finished; checkpoints in {ckpt_dir}" if writer else "training finished")
     return 0

@@ -86,13 +86,15 @@ class CheckpointSaver(Callback):
 class StopOnSignal(Callback):
     """SIGTERM and SIGINT (Ctrl-C) only set a flag; at the next step end (with data sink: the sink's end) the run
     saves a checkpoint through `saver` (None when none is saved) and stops.  With several ranks they agree on that
-    step first (the flags are all-reduced every step), so a signal to any one rank stops all of them at the same
+    step first (the flags are gathered every step), so a signal to any one rank stops all of them at the same
     step, and none exits before the checkpoint is complete (msrun kills every rank when the first one exits).
-    `signal_name` and `saved` tell what happened."""
+    `signal_name`, `received` (the signal this rank got, 0 if another rank got it), `stopped_at` (epoch, step) and
+    `saved` tell what happened."""
 
-    def __init__(self, saver=None):
+    def __init__(self, progress: Progress, saver=None):
         super().__init__()
-        self.saver, self.received, self.signal_name, self.saved = saver, 0, "", ""
+        self.progress, self.saver, self.received, self.signal_name, self.saved = progress, saver, 0, "", ""
+        self.stopped_at = (0, 0)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._request)
 
@@ -103,6 +105,7 @@ class StopOnSignal(Callback):
         signum = int(all_gather(np.array([self.received], np.int32)).max())
         if signum:
             self.signal_name = signal.Signals(signum).name
+            self.stopped_at = self.progress.epoch_and_step(self.progress.global_step(run_context.original_args()))
             if self.saver is not None:
                 self.saved = self.saver.save(run_context.original_args())
             barrier()

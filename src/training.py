@@ -11,7 +11,7 @@ from mindspore import Parameter, Tensor
 from mindspore.amp import DynamicLossScaleManager, FixedLossScaleManager, LossScaleManager
 from mindspore.train import Model
 
-from src.distributed import all_reduce
+from src.distributed import all_reduce, rank_and_size
 from src.errors import UserError
 from src.loss import CrossEntropySmooth
 from src.model_utils.cli import log, warn
@@ -141,6 +141,8 @@ def evaluate(model: Model, dataset) -> dict:
     50,000 % 256 = 80 images) would fail or force dynamic shapes."""
     sums = model.eval(dataset, dataset_sink_mode=False)["sums"]
     top1, top5, loss, count = all_reduce(sums).astype(np.float64)
+    if rank_and_size()[1] > 1:
+        log(f"evaluated {sums[3]:.0f} of {count:.0f} images on this rank")
     return {"top_1_accuracy": top1 / count, "top_5_accuracy": top5 / count, "loss": loss / count}
 
 

@@ -277,7 +277,8 @@ def test_sink_mode_logs_and_metrics_count_every_step(clock, tmp_path, capsys):
     model = FakeModel(clock)
     saver = CheckpointSaver(progress, str(tmp_path), "net", every_epochs=1, keep=5, total_epochs=2)
     callbacks = [EvalMonitor(progress, model, None, nn.Dense(2, 2), 1),
-                 TrainMonitor(progress, recorder, lr, images_per_step, 4, 2, metrics_path), saver, StopOnSignal(saver)]
+                 TrainMonitor(progress, recorder, lr, images_per_step, 4, 2, metrics_path), saver,
+                 StopOnSignal(progress, saver)]
     train_like_loop_sink(callbacks, recorder, 4, sink_steps, step_losses, clock)
     out = capsys.readouterr().out
     assert model.sink_modes == [False, False]  # evaluation never sinks (item 6)
@@ -335,11 +336,11 @@ def test_sink_mode_stop_signal_saves_at_the_sink_end_and_resumes_there(clock, tm
     progress = Progress(8)
     recorder = LossRecorder(CrossEntropySmooth(10))
     saver = CheckpointSaver(progress, str(tmp_path), "net", every_epochs=5, keep=5, total_epochs=2)
-    stop = StopOnSignal(saver)
+    stop = StopOnSignal(progress, saver)
     callbacks = [TrainMonitor(progress, recorder, np.full(16, 0.1), 32, 8, 2), saver, stop]
     run_context = train_like_loop_sink(callbacks, recorder, 4, 4, [1.0] * 16, clock,
                                        on_sink=lambda sink: sink == 2 and os.kill(os.getpid(), signal.SIGTERM))
-    assert run_context.get_stop_requested() and stop.signal_name == "SIGTERM"
+    assert run_context.get_stop_requested() and stop.signal_name == "SIGTERM" and stop.stopped_at == (2, 4)
     assert os.listdir(tmp_path) == ["net-2_4.ckpt"]
     saved = ms.load_checkpoint(str(tmp_path / "net-2_4.ckpt"))
     assert int(saved["step_num"].asnumpy()) == 12 and int(saved["epoch_num"].asnumpy()) == 2

@@ -1,9 +1,15 @@
-"""Data-parallel training on CPU: scripts/run_distribute_train_cpu.sh with 2 ranks through msrun (MCCL)."""
+"""Data-parallel training on CPU: scripts/run_distribute_train_cpu.sh with 2 ranks through msrun (MCCL): identical
+weights, one writer, sharded evaluation, BatchNorm statistics averaged, one stop for all ranks, exact resume."""
 import ast
+import csv
+import json
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,10 +23,12 @@ from src.model_utils.config import ROOT_DIR, get_config
 
 pytestmark = pytest.mark.slow
 
-TRAIN_IMAGES, BATCH, EPOCHS = 320, 16, 2
+TRAIN_IMAGES, EVAL_IMAGES, BATCH, EPOCHS = 320, 359, 16, 2  # an odd number of evaluation images
 STEPS_PER_RANK = TRAIN_IMAGES // 2 // BATCH
+FINAL = f"mobilenet_v1-{EPOCHS}_{STEPS_PER_RANK}.ckpt"
 TRAIN_ARGS = ["--epoch_size", EPOCHS, "--image_size", 32, "--width_mult", 0.25, "--batch_size", BATCH,
-              "--warmup_epochs", 0, "--num_parallel_workers", 1, "--log_interval", 5, "--run_eval", "True"]
+              "--warmup_epochs", 0, "--num_parallel_workers", 1, "--log_interval", 1, "--run_eval", "True",
+              "--save_checkpoint_epochs", 1]
 # Test-only: each worker saves its whole train network (weights, BN statistics, optimizer state) when
 # Model.train returns, as rank_<RANK_ID>.ckpt, so that the ranks' final states can be compared.
 RANK_WEIGHTS_HOOK = '''import os
@@ -48,10 +56,10 @@ def write_cifar10(folder, train_images, train_labels, test_images, test_labels):
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    """The first 320 training digits and the 360 test digits of the demo split, as CIFAR-10 files."""
+    """The first 320 training digits and 359 of the 360 test digits of the demo split, as CIFAR-10 files."""
     images, labels = digit_images()
     train, test = split_indices(labels)
-    train = train[:TRAIN_IMAGES]
+    train, test = train[:TRAIN_IMAGES], test[:EVAL_IMAGES]
     return write_cifar10(str(tmp_path_factory.mktemp("digits") / "cifar10"), images[train], labels[train],
                          images[test], labels[test])
 
@@ -95,15 +103,33 @@ def test_only_rank_zero_writes_checkpoints_config_and_metrics(parallel_run):
     run_dir = parallel_run["dir"]
     assert sorted(name for name in os.listdir(run_dir) if not name.endswith(".log")) == \
         ["ckpt_0", "config.yaml", "log.txt", "metrics.csv"]
-    final = f"mobilenet_v1-{EPOCHS}_{STEPS_PER_RANK}.ckpt"
-    assert sorted(os.listdir(run_dir / "ckpt_0")) == [final, "mobilenet_v1_best.ckpt"]
+    assert sorted(os.listdir(run_dir / "ckpt_0")) == [f"mobilenet_v1-1_{STEPS_PER_RANK}.ckpt", FINAL,
+                                                      "mobilenet_v1_best.ckpt"]
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + EPOCHS
     assert "device_num: 2\n" in (run_dir / "config.yaml").read_text()
     assert "saved" not in parallel_run["logs"][1]
-    # the checkpoint is rank 0's final state
-    saved = ms.load_checkpoint(str(run_dir / "ckpt_0" / final))
+    assert "[rank 0] global batch 32 (16 per rank x 2 ranks), lr_max 0.1" in parallel_run["logs"][0]
+    # the checkpoint is rank 0's final state, but for the BatchNorm statistics (next test)
+    saved = ms.load_checkpoint(str(run_dir / "ckpt_0" / FINAL))
     rank0 = ms.load_checkpoint(str(parallel_run["cwd"] / "rank_0.ckpt"))
-    assert all(np.array_equal(saved[name].asnumpy(), rank0[name].asnumpy()) for name in rank0)
+    shared = [name for name in rank0 if not name.endswith(("moving_mean", "moving_variance"))]
+    assert all(np.array_equal(saved[name].asnumpy(), rank0[name].asnumpy()) for name in shared)
+
+
+def test_saved_batchnorm_statistics_are_the_mean_of_the_ranks(parallel_run):
+    """Each rank's moving statistics come from its own batches: the checkpoint holds their mean (what the network
+    is, and what evaluation used), and each rank's own under `rank_statistics.<rank>.` (for an exact resume)."""
+    saved = ms.load_checkpoint(str(parallel_run["dir"] / "ckpt_0" / FINAL))
+    ranks = [ms.load_checkpoint(str(parallel_run["cwd"] / f"rank_{rank}.ckpt")) for rank in (0, 1)]
+    names = [name for name in ranks[0] if name.endswith(("moving_mean", "moving_variance"))]
+    assert len(names) == 2 * 27
+    assert any(not np.array_equal(ranks[0][name].asnumpy(), ranks[1][name].asnumpy()) for name in names)
+    for name in names:
+        own = [rank[name].asnumpy() for rank in ranks]
+        np.testing.assert_array_equal(saved[name].asnumpy(), ((own[0].astype(np.float64) + own[1]) / 2).astype(
+            np.float32))
+        for rank in (0, 1):
+            np.testing.assert_array_equal(saved[f"rank_statistics.{rank}.{name}"].asnumpy(), own[rank])
 
 
 def test_log_lines_name_their_rank(parallel_run):
@@ -143,40 +169,165 @@ def _epochs(dataset, count):
         yield [image for image, _ in iterator]  # the iterator stops at the end of each epoch
 
 
-def test_the_checkpoint_evaluates_with_eval_py(parallel_run, digits, script_processes):
-    checkpoint = parallel_run["dir"] / "ckpt_0" / f"mobilenet_v1-{EPOCHS}_{STEPS_PER_RANK}.ckpt"
-    proc = script_processes.run("run_eval_cpu.sh", "cifar10", digits, checkpoint, "--", "--image_size", 32,
-                                "--width_mult", 0.25, cwd=str(parallel_run["cwd"]), timeout=300, FOREGROUND="1")
+def test_evaluation_is_sharded_and_equals_one_process(parallel_run, digits, script_processes, tmp_path):
+    """During training each rank scored its half of the 359 images (180 + 179) and the summed result equals eval.py
+    in one process on the saved checkpoint (same weights, same averaged BatchNorm statistics), and eval.py on 2
+    ranks (msrun) gives that result too."""
+    for rank, count in ((0, 180), (1, 179)):
+        assert f"[rank {rank}] evaluated {count} of {EVAL_IMAGES} images on this rank" in parallel_run["logs"][rank]
+    during = read_metrics(parallel_run["dir"] / "metrics.csv")[-1]
+    checkpoint = parallel_run["dir"] / "ckpt_0" / FINAL
+    eval_args = ["--image_size", 32, "--width_mult", 0.25]
+    proc = script_processes.run("run_eval_cpu.sh", "cifar10", digits, checkpoint, "--", *eval_args,
+                                cwd=str(parallel_run["cwd"]), timeout=300, FOREGROUND="1")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
-    result = ast.literal_eval(re.search(r"^result: (\{.*\}) ckpt=", proc.stdout, re.MULTILINE).group(1))
-    assert 0.0 <= result["top_1_accuracy"] <= result["top_5_accuracy"] <= 1.0
-    # the same weights and BN statistics that rank 0 evaluated after the last epoch
-    during = re.search(rf"^\[rank 0\] epoch: {EPOCHS} eval: top_1_accuracy ([\d.]+)", parallel_run["logs"][0],
-                       re.MULTILINE)
-    assert f"{result['top_1_accuracy']:.4f}" == during.group(1)
+    single = ast.literal_eval(re.search(r"^result: (\{.*\}) ckpt=", proc.stdout, re.MULTILINE).group(1))
+    assert f"{single['top_1_accuracy']:.6f}" == during["top_1_accuracy"]
+    assert f"{single['top_5_accuracy']:.6f}" == during["top_5_accuracy"]
+    assert float(during["eval_loss"]) == pytest.approx(single["loss"], abs=2e-6)
+    # eval.py on 2 ranks
+    bin_dir = os.path.dirname(sys.executable)  # msrun starts the workers with the `python` found on PATH
+    msrun = subprocess.run(
+        [os.path.join(bin_dir, "msrun"), "--worker_num=2", "--local_worker_num=2", f"--master_port={free_port()}",
+         f"--log_dir={tmp_path / 'logs'}", "--join=True", os.path.join(ROOT_DIR, "eval.py"), "--config_path",
+         os.path.join(ROOT_DIR, "default_config.yaml"), "--dataset_path", digits, "--checkpoint_path", checkpoint,
+         "--run_distribute", "True", "--result_file", tmp_path / "result.json", *map(str, eval_args)],
+        cwd=str(tmp_path), env={**script_processes.env, "PATH": bin_dir + os.pathsep + os.environ["PATH"]},
+        capture_output=True, text=True, timeout=300)
+    assert msrun.returncode == 0, msrun.stdout[-3000:]
+    for rank, count in ((0, 180), (1, 179)):
+        log = (tmp_path / "logs" / f"worker_{rank}.log").read_text()
+        assert f"[rank {rank}] evaluated {count} of {EVAL_IMAGES}" in log
+    sharded = json.loads((tmp_path / "result.json").read_text())
+    assert (sharded["top_1_accuracy"], sharded["top_5_accuracy"]) == (single["top_1_accuracy"],
+                                                                      single["top_5_accuracy"])
+    assert sharded["loss"] == pytest.approx(single["loss"], abs=2e-6)
 
 
-def test_a_killed_rank_ends_the_job(digits, script_processes, tmp_path):
-    """SIGKILL rank 1 after its first step: the job exits non-zero in bounded time, naming rank 1."""
-    log_path = tmp_path / "train_parallel" / "worker_1.log"
-    env = {**script_processes.env, "FOREGROUND": "1"}
-    args = ["cifar10", digits, 2, "--", *TRAIN_ARGS, "--epoch_size", 50, "--log_interval", 1, "--run_eval", "False"]
-    with open(tmp_path / "output.txt", "w", encoding="utf-8") as output:
+def read_metrics(path):
+    with open(path, newline="", encoding="utf-8") as src:
+        return list(csv.DictReader(src))
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def launch(script_processes, digits, cwd, *extra):
+    """The 2-rank run of `TRAIN_ARGS` (plus `extra`) on `digits`, started in the foreground in `cwd`; (process, output
+    file)."""
+    output = cwd / "output.txt"
+    with open(output, "a", encoding="utf-8") as out:
         job = subprocess.Popen(
-            ["bash", os.path.join(ROOT_DIR, "scripts", "run_distribute_train_cpu.sh"), *map(str, args)],
-            cwd=str(tmp_path), env=env, stdout=output, stderr=output)
-        deadline = time.time() + 300
-        while not (log_path.exists() and "[rank 1] epoch: 1 step: 1," in log_path.read_text()):
-            assert job.poll() is None and time.time() < deadline, (tmp_path / "output.txt").read_text()[-3000:]
-            time.sleep(0.5)
-        victims = [pid for pid in script_processes.pids(MS_ROLE="MS_WORKER", RANK_ID="1")
-                   if b"train.py" in (Path("/proc") / str(pid) / "cmdline").read_bytes()]  # not msrun's `tail`
-        assert len(victims) == 1
-        os.kill(victims[0], signal.SIGKILL)
-        killed = time.time()
-        returncode = job.wait(timeout=180)
-    text = (tmp_path / "output.txt").read_text()
+            ["bash", os.path.join(ROOT_DIR, "scripts", "run_distribute_train_cpu.sh"), "cifar10", str(digits), "2",
+             "--", *map(str, TRAIN_ARGS), *map(str, extra)],
+            cwd=str(cwd), env={**script_processes.env, "FOREGROUND": "1"}, stdout=out, stderr=out)
+    return job, output
+
+
+def wait_for(path, text, job, timeout=300):
+    deadline = time.time() + timeout
+    while not (path.exists() and text in path.read_text()):
+        assert job.poll() is None and time.time() < deadline, f"{text!r} never appeared in {path}"
+        time.sleep(0.3)
+
+
+def rank_pid(script_processes, rank):
+    pids = [pid for pid in script_processes.pids(MS_ROLE="MS_WORKER", RANK_ID=str(rank))
+            if b"train.py" in (Path("/proc") / str(pid) / "cmdline").read_bytes()]  # not msrun's `tail`
+    assert len(pids) == 1
+    return pids[0]
+
+
+def assert_same_final_state(run_dir, parallel_run):
+    """Every entry of the final checkpoint (weights, moments, BN statistics and each rank's own, step, LR) equals
+    the uninterrupted run's bit for bit."""
+    resumed = ms.load_checkpoint(str(run_dir / "ckpt_0" / FINAL))
+    reference = ms.load_checkpoint(str(parallel_run["dir"] / "ckpt_0" / FINAL))
+    assert resumed.keys() == reference.keys()
+    different = [name for name in reference
+                 if not np.array_equal(resumed[name].asnumpy(), reference[name].asnumpy())]
+    assert not different, different
+
+
+@pytest.mark.parametrize("target", ["launcher", "rank 1"])
+def test_sigterm_stops_every_rank_at_one_step_and_resume_is_exact(parallel_run, script_processes, digits, tmp_path,
+                                                                  target):
+    """SIGTERM to the launcher (forwarded to the ranks, not to msrun, whose SIGINT handler SIGKILLs them) or to
+    rank 1 alone: both ranks stop at the same step (they agree every step), rank 0 saves, the launcher exits 143,
+    no process is left; `--resume auto` then ends bit-identical to the uninterrupted run."""
+    job, output = launch(script_processes, digits, tmp_path)
+    run_dir = tmp_path / "train_parallel"
+    wait_for(run_dir / "worker_0.log", "[rank 0] epoch: 2 step: 3,", job)
+    os.kill(job.pid if target == "launcher" else rank_pid(script_processes, 1), signal.SIGTERM)
+    assert job.wait(timeout=180) == 128 + signal.SIGTERM, output.read_text()[-3000:]
+    assert "stopped by SIGTERM (exit 143): every rank stopped at the same step" in output.read_text()
+    logs = [(run_dir / f"worker_{rank}.log").read_text() for rank in (0, 1)]
+    stop = re.search(r"\[rank 0\] stopped by SIGTERM(?: \(received by another rank\))? at epoch 2 step (\d+): saved "
+                     r"(\S+?);", logs[0])
+    assert stop and stop.group(2) == str(run_dir / "ckpt_0" / f"mobilenet_v1-2_{stop.group(1)}.ckpt"), logs[0][-2000:]
+    assert re.search(rf"\[rank 1\] stopped by SIGTERM(?: \(received by another rank\))? at epoch 2 step "
+                     rf"{stop.group(1)}: no checkpoint written by this rank", logs[1]), logs[1][-2000:]
+    assert script_processes.pids() == []
+    job, output = launch(script_processes, digits, tmp_path, "--resume", "auto")
+    assert job.wait(timeout=300) == 0, output.read_text()[-3000:]
+    assert f"1 epochs and {stop.group(1)} steps done" in (run_dir / "worker_1.log").read_text()
+    assert_same_final_state(run_dir, parallel_run)
+
+
+def test_a_killed_rank_ends_the_job_and_resume_is_exact(parallel_run, script_processes, digits, tmp_path):
+    """SIGKILL rank 1 during epoch 2: the job exits non-zero in bounded time naming rank 1 and leaves no process;
+    `--resume auto` restarts both ranks from the epoch-1 checkpoint and ends bit-identical to the uninterrupted
+    run."""
+    job, output = launch(script_processes, digits, tmp_path)
+    run_dir = tmp_path / "train_parallel"
+    wait_for(run_dir / "worker_1.log", "[rank 1] epoch: 2 step: 2,", job)
+    victim = rank_pid(script_processes, 1)
+    os.kill(victim, signal.SIGKILL)
+    killed = time.time()
+    returncode = job.wait(timeout=180)
     print(f"job ended {time.time() - killed:.1f} s after the kill")
     assert returncode != 0
-    assert f"ERROR: rank 1 (pid {victims[0]}) failed: killed by signal 9" in text
+    assert f"ERROR: rank 1 (pid {victim}) failed: killed by signal 9" in output.read_text()
+    assert script_processes.pids() == []
+    job, output = launch(script_processes, digits, tmp_path, "--resume", "auto")
+    assert job.wait(timeout=300) == 0, output.read_text()[-3000:]
+    for rank in (0, 1):
+        assert (f"[rank {rank}] resumed {run_dir / 'ckpt_0' / f'mobilenet_v1-1_{STEPS_PER_RANK}.ckpt'}: 1 epochs and 0 "
+                f"steps done") in (run_dir / f"worker_{rank}.log").read_text()
+    assert_same_final_state(run_dir, parallel_run)
+
+
+# Test-only: rank 1 reads its checkpoints from another folder (as a rank-table launcher or a second machine without
+# a shared folder would).
+OTHER_FOLDER_HOOK = '''import os, sys
+if os.environ.get("MS_ROLE") == "MS_WORKER" and os.environ.get("RANK_ID") == "1":
+    at = sys.argv.index("--save_checkpoint_path") + 1
+    sys.argv[at] = os.environ["RANK_1_FOLDER"]
+'''
+
+
+def test_ranks_refuse_to_resume_from_different_checkpoints(parallel_run, script_processes, digits, tmp_path):
+    """Rank 0 finds the epoch-1 checkpoint, rank 1 (another folder) none: instead of training on from different
+    states (and hanging in a collective), every rank stops with a one-line error before the first step."""
+    run_dir = tmp_path / "train_parallel"
+    (run_dir / "ckpt_0").mkdir(parents=True)
+    shutil.copy(parallel_run["dir"] / "ckpt_0" / f"mobilenet_v1-1_{STEPS_PER_RANK}.ckpt", run_dir / "ckpt_0")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(OTHER_FOLDER_HOOK)
+    script_processes.env.update(PYTHONPATH=str(hook), RANK_1_FOLDER=str(tmp_path / "elsewhere"))
+    try:
+        job, output = launch(script_processes, digits, tmp_path, "--resume", "auto")
+        assert job.wait(timeout=300) != 0
+    finally:
+        for key in ("PYTHONPATH", "RANK_1_FOLDER"):
+            script_processes.env.pop(key)
+    message = ("ERROR: the ranks would resume from different checkpoints (rank 0: step 10, rank 1: no checkpoint): "
+               "every rank must read the same save_checkpoint_path")
+    for rank in (0, 1):
+        assert f"[rank {rank}] {message}" in (run_dir / f"worker_{rank}.log").read_text()
+    assert "epoch: 2 step: 1," not in (run_dir / "worker_0.log").read_text()
     assert script_processes.pids() == []

@@ -259,13 +259,13 @@ def test_sigterm_saves_at_the_current_step_and_resume_finishes_identically(small
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM
     log = open(log_path, encoding="utf-8").read()
-    saved = re.search(r"stopped by SIGTERM: saved (\S+mobilenet_v3_small-2_(\d+)\.ckpt); resume with the same "
-                      r"command plus --resume auto", log)
+    saved = re.search(r"stopped by SIGTERM at epoch 2 step (\d+): saved (\S+mobilenet_v3_small-2_\1\.ckpt); resume "
+                      r"with the same command plus --resume auto", log)
     assert saved, log[-2000:]
     resumed = run_script("train.py", *TINY, *V3, "--dataset_path", small_data, "--save_checkpoint_path", out,
                          "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resumed {saved.group(1)}: 1 epochs and {saved.group(2)} steps done" in resumed.stdout
+    assert f"resumed {saved.group(2)}: 1 epochs and {saved.group(1)} steps done" in resumed.stdout
     assert_same_weights(final_weights(out, 3, 10), final_weights(uninterrupted["out"], 3, 10))
 
 
