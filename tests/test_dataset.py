@@ -1,5 +1,6 @@
 """Data pipelines: counts, shapes, values, layouts, sharding, determinism and bad input, on the demo digits."""
 import os
+import random
 import shutil
 from collections import Counter
 from types import SimpleNamespace
@@ -204,6 +205,29 @@ def test_training_order_and_augmentation_follow_the_seed(demo_data):
     np.testing.assert_array_equal(first[0], again[0])
     np.testing.assert_array_equal(first[1], again[1])
     assert not np.array_equal(first[1], other[1])
+
+
+def test_each_rank_draws_its_own_augmentations_and_keeps_the_weight_initialisation(tmp_path):
+    """Every image the same (noise): the ranks' first epochs differ only by their augmentations, which must differ
+    (seed + rank) and repeat for the same rank.  Building a rank's pipeline leaves numpy's and Python's random state
+    as rank 0's does (`ds.config.set_seed` reseeds both; weights are initialised from them after the data)."""
+    records = np.zeros((64, RECORD_BYTES), np.uint8)
+    records[:, 0] = np.arange(64) % 10
+    records[:, 1:] = np.random.default_rng(0).integers(0, 256, RECORD_BYTES - 1)
+    records.tofile(tmp_path / "data_batch_1.bin")
+    config = make_config(tmp_path, batch_size=8)
+    images, draws = {}, {}
+    for rank in (0, 1, 1):
+        np.random.seed(5)
+        random.seed(5)
+        data = create_dataset(config, True, rank_id=rank, rank_size=2)
+        draws[rank] = (np.random.rand(), random.random())
+        epoch = collect(data)[0]
+        if rank in images:
+            np.testing.assert_array_equal(epoch, images[rank])
+        images[rank] = epoch
+    assert not np.array_equal(images[0], images[1])
+    assert draws[0] == draws[1]
 
 
 def test_set_init_step_replays_the_same_batches(demo_data, fast_recovery_off):

@@ -6,6 +6,7 @@ import pytest
 
 from src.errors import UserError
 from src.models import count_macs, count_params, create_model
+from src.models import layers
 from src.models.layers import Dropout, HSwish, use_portable_ops
 from src.models.mobilenet_v3 import InvertedResidual, SqueezeExcite
 
@@ -157,6 +158,20 @@ def test_dropout_is_reproducible_and_drops_the_right_share():
     assert np.array_equal(again(x).asnumpy(), first)  # same seed and call count: same mask
     drop.set_train(False)
     assert np.array_equal(drop(x).asnumpy(), x.asnumpy())
+
+
+def test_each_rank_drops_its_own_units(monkeypatch):
+    """Dropout is seeded with the global seed plus the rank: ranks drop different units, a rank the same ones again."""
+    x = ms.Tensor(np.ones((64, 1024), np.float32))
+    masks = []
+    for rank in (0, 1, 1):
+        monkeypatch.setattr(layers, "rank_and_size", lambda rank=rank: (rank, 2))
+        ms.set_seed(3)
+        drop = layers.make_dropout(0.2)
+        drop.set_train(True)
+        masks.append(drop(x).asnumpy() != 0)
+    assert np.array_equal(masks[1], masks[2])
+    assert 0.6 < (masks[0] == masks[1]).mean() < 0.76  # independent (0.8^2 + 0.2^2 = 0.68)
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v3_small", "mobilenet_v3_large"])
