@@ -35,7 +35,8 @@ def main():
     sink = data_sink(config, steps_per_epoch)
     eval_ds = create_dataset(config, do_train=False, rank_id=rank, rank_size=group_size) if config.run_eval else None
 
-    net = create_model(config.model, config.class_num, config.width_mult, config.dropout, config.device_target)
+    net = create_model(config.model, config.class_num, config.width_mult, config.dropout, config.device_target,
+                       config.sync_bn)
     if config.pre_trained:
         load_weights(net, config.pre_trained, "pre_trained checkpoint", allow_new_head=True)
     loss_fn = LossRecorder(CrossEntropySmooth(config.class_num, config.label_smooth_factor))

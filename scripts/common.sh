@@ -86,9 +86,9 @@ enter_run_dir() {  # enter_run_dir NAME: make <current folder>/NAME the run fold
   cd "$RUN_DIR"
 }
 
-train_command() {  # train_command TARGET [ARG...]: CMD = train.py and its arguments (outputs in RUN_DIR)
+train_command() {  # train_command TARGET [ARG...]: CMD = train.py and its arguments (outputs in OUTPUT_DIR, else RUN_DIR)
   CMD=("$ROOT/train.py" --config_path "$CONFIG" --dataset "$DATASET" --dataset_path "$DATA_PATH"
-       --device_target "$1" --save_checkpoint_path "$RUN_DIR" "${@:2}")
+       --device_target "$1" --save_checkpoint_path "${OUTPUT_DIR:-$RUN_DIR}" "${@:2}")
   if [ -n "$PRETRAINED" ]; then CMD+=(--pre_trained "$PRETRAINED"); fi
   CMD+=("${EXTRA[@]}")
 }
@@ -190,8 +190,15 @@ evaluate() {  # evaluate TARGET IMAGENET_CONFIG "$@": eval.py in ./eval
   launch "$RUN_DIR/log" "$PYTHON" "${CMD[@]}"
 }
 
-report_failed_rank() {  # report_failed_rank LOG: name the rank whose exit (reported by msrun in LOG) ended the job
-  local line pid code rank_line
+report_failed_rank() {  # report_failed_rank LOG WORKERS: name the rank whose exit (msrun reports it in LOG) or whose
+  # silence (this machine's scheduler reports it) ended the job; WORKERS: ranks per machine
+  local line pid code rank_line lost rank
+  lost=$(grep -a -h -o -E "The node: [0-9]+ is timed out" "$RUN_DIR/scheduler.log" 2> /dev/null | grep -o -E "[0-9]+" \
+    | sort -un) || true
+  for rank in $lost; do
+    echo "ERROR: rank $rank was lost (it stopped answering: its process, machine or network failed); its log:" \
+      "worker_$rank.log in the run folder of the machine with NODE_RANK $((rank / $2)); the other ranks were stopped" >&2
+  done
   line=$(grep -a -o -E "Worker process [0-9]+ exit with exception. Error code: -?[0-9]+" "$1" | head -n 1) || true
   if [[ ! $line =~ process\ ([0-9]+).*code:\ (-?[0-9]+) ]]; then
     echo "ERROR: msrun failed before any worker did; see $1 and $RUN_DIR/scheduler.log" >&2
@@ -203,6 +210,10 @@ report_failed_rank() {  # report_failed_rank LOG: name the rank whose exit (repo
   if [[ $rank_line =~ rank\ ([0-9]+) ]]; then
     echo "ERROR: rank ${BASH_REMATCH[1]} (pid $pid) failed: $(describe_exit "$code"); its log:" \
       "$RUN_DIR/worker_${BASH_REMATCH[1]}.log; msrun stopped the other ranks" >&2
+    if [ "$NODE_NUM" -gt 1 ] && [ -z "$lost" ]; then
+      echo "ERROR: this is the machine with NODE_RANK $NODE_RANK of $NODE_NUM: a rank of another machine may have" \
+        "failed first; read the logs in the run folders of the other machines" >&2
+    fi
   else
     echo "ERROR: a worker (pid $pid) failed before joining the group: $(describe_exit "$code");" \
       "worker logs: $RUN_DIR/worker_*.log" >&2
@@ -210,13 +221,37 @@ report_failed_rank() {  # report_failed_rank LOG: name the rank whose exit (repo
   fi
 }
 
+cluster_settings() {  # cluster_settings: check NODE_NUM, NODE_RANK, MASTER_ADDR and MASTER_PORT (several machines)
+  NODE_NUM=${NODE_NUM:-1}
+  NODE_RANK=${NODE_RANK:-0}
+  check_number "$NODE_NUM" NODE_NUM 1
+  check_number "$NODE_RANK" NODE_RANK
+  [ "$NODE_RANK" -lt "$NODE_NUM" ] || usage "NODE_RANK must be below NODE_NUM ($NODE_NUM), got $NODE_RANK"
+  if [ -n "${MASTER_PORT:-}" ]; then
+    check_number "$MASTER_PORT" MASTER_PORT 1
+    [ "$MASTER_PORT" -le 65535 ] || usage "MASTER_PORT must be a port number (1-65535), got $MASTER_PORT"
+  fi
+  if [ "$NODE_NUM" -gt 1 ]; then
+    [ "${LAUNCHER:-msrun}" = msrun ] || usage "NODE_NUM > 1 (several machines) needs LAUNCHER=msrun"
+    [ -n "${MASTER_ADDR:-}" ] || usage "NODE_NUM $NODE_NUM (several machines) needs MASTER_ADDR: the address of" \
+      "the machine with NODE_RANK 0, the same on every machine"
+    [ -n "${MASTER_PORT:-}" ] || usage "NODE_NUM $NODE_NUM (several machines) needs MASTER_PORT: a free port on" \
+      "the machine with NODE_RANK 0, the same on every machine"
+  fi
+  MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
+}
+
 msrun_job() {  # msrun_job WORKERS LOG [train.py and its arguments]: msrun, then name the rank that failed
-  local workers=$1 log=$2 status=0
+  local workers=$1 log=$2 status=0 nodes=()
   shift 2
-  msrun --worker_num="$workers" --local_worker_num="$workers" --master_port="$MASTER_PORT" --log_dir="$RUN_DIR" \
-    --join=True --cluster_time_out="${CLUSTER_TIMEOUT:-600}" "$@" || status=$?
+  if [ "$NODE_NUM" -gt 1 ]; then nodes=(--node_rank="$NODE_RANK"); fi
+  msrun --worker_num=$((workers * NODE_NUM)) --local_worker_num="$workers" --master_addr="$MASTER_ADDR" \
+    --master_port="$MASTER_PORT" "${nodes[@]}" --log_dir="$RUN_DIR" --join=True \
+    --cluster_time_out="${CLUSTER_TIMEOUT:-600}" "$@" || status=$?
   # ranks that stopped on a signal exit 128 + signal, which msrun reports as a failure
-  if [ "$status" -ne 0 ] && [ -z "$(stopped_by "$RUN_DIR"/worker_*.log)" ]; then report_failed_rank "$log"; fi
+  if [ "$status" -ne 0 ] && [ -z "$(stopped_by "$RUN_DIR"/worker_*.log)" ]; then
+    report_failed_rank "$log" "$workers"
+  fi
   return "$status"
 }
 
@@ -224,12 +259,14 @@ free_port() {
   "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])'
 }
 
-data_parallel_train() {  # data_parallel_train TARGET WORKERS: train.py on WORKERS local ranks in ./train_parallel
+data_parallel_train() {  # data_parallel_train TARGET WORKERS: train.py on WORKERS ranks of this machine (NODE_NUM
+  # machines in all) in ./train_parallel
   local launcher=${LAUNCHER:-msrun} log root_flag=()
   case $launcher in
     msrun | mpirun) ;;
     *) usage "LAUNCHER must be msrun or mpirun, got '$launcher'" ;;
   esac
+  cluster_settings
   command -v "$launcher" > /dev/null || fail "LAUNCHER=$launcher is not installed (msrun comes with MindSpore:" \
     "bash scripts/setup_env.sh; mpirun with Open MPI)"
   enter_run_dir train_parallel
@@ -238,7 +275,9 @@ data_parallel_train() {  # data_parallel_train TARGET WORKERS: train.py on WORKE
   if [ "$launcher" = msrun ]; then
     MASTER_PORT=${MASTER_PORT:-$(free_port)}
     RANK_LOGS="$RUN_DIR/worker_*.log"
-    echo "msrun: $2 ranks, master port $MASTER_PORT; rank logs: $RUN_DIR/worker_<rank>.log"
+    echo "msrun: $2 ranks on this machine (NODE_RANK $NODE_RANK of $NODE_NUM machines: ranks" \
+      "$((NODE_RANK * $2))-$(((NODE_RANK + 1) * $2 - 1)) of $(($2 * NODE_NUM))), master $MASTER_ADDR:$MASTER_PORT;" \
+      "rank logs: $RUN_DIR/worker_<rank>.log"
     launch "$log" msrun_job "$2" "$log" "${CMD[@]}"
   else
     if [ "$(id -u)" = 0 ]; then root_flag=(--allow-run-as-root); fi

@@ -3,10 +3,11 @@
 #   bash scripts/run_distribute_train.sh [cifar10|imagenet2012] RANK_TABLE_FILE DATASET_PATH [PRETRAINED]
 #     [-- TRAIN_ARGS...]
 # One process per device that the rank table lists for this server (SERVER_ID: its index in server_list, default 0),
-# each with RANK_ID, DEVICE_ID, RANK_SIZE (all devices of the table) and RANK_TABLE_FILE exported, in its run folder
-# ./train_parallel<rank> (log; rank 0 also config.yaml, metrics.csv, ckpt_0/). The job's own log is
-# ./train_parallel.log: the first rank that fails stops the others and the job exits non-zero naming it.
-# Knobs in scripts/common.sh.
+# each with RANK_ID, DEVICE_ID, RANK_SIZE (all devices of the table) and RANK_TABLE_FILE exported, its log in
+# ./train_parallel<rank>/log. All ranks share one output folder, ./train_parallel (rank 0 writes config.yaml,
+# metrics.csv, ckpt_0/; every rank resumes from it; with several servers it must be a shared folder). The job's own log
+# is ./train_parallel.log: the first rank that fails stops the others and the job exits non-zero naming it; SIGTERM /
+# Ctrl-C stops every rank at the same step, rank 0 saves. Knobs in scripts/common.sh.
 set -euo pipefail
 USAGE="[cifar10|imagenet2012] RANK_TABLE_FILE DATASET_PATH [PRETRAINED] [-- TRAIN_ARGS...]"
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -65,6 +66,8 @@ wait_ranks() {  # wait for the ranks in RANK_PIDS; the first that fails stops th
 
 rank_table_job() {  # start one process per local device, then wait for them
   local device rank base=$PWD
+  OUTPUT_DIR="$base/train_parallel"
+  mkdir -p "$OUTPUT_DIR"
   while read -r device rank; do
     cd "$base"
     enter_run_dir "train_parallel$rank"
@@ -72,6 +75,7 @@ rank_table_job() {  # start one process per local device, then wait for them
     (
       export DEVICE_ID=$device RANK_ID=$rank
       echo "RANK_ID=$RANK_ID DEVICE_ID=$DEVICE_ID RANK_SIZE=$RANK_SIZE RANK_TABLE_FILE=$RANK_TABLE_FILE"
+      echo "output folder (all ranks): $OUTPUT_DIR"
       exec "$PYTHON" "${CMD[@]}"
     ) > "$RUN_DIR/log" 2>&1 &
     RANK_PIDS[rank]=$!

@@ -4,6 +4,10 @@
 #     [-- TRAIN_ARGS...]
 # Through msrun (LAUNCHER=mpirun for Open MPI). Run folder ./train_parallel: log.txt, worker_<rank>.log; rank 0 writes
 # config.yaml, metrics.csv and ckpt_0/. If a rank fails, the others are stopped and the job exits non-zero naming it.
+# SIGTERM / Ctrl-C: every rank stops at the same step, rank 0 saves, exit 128 + signal.
+# Several machines: run it on each with WORKER_NUM ranks there and NODE_NUM (machines), NODE_RANK (0 on the machine
+# at MASTER_ADDR), MASTER_ADDR and MASTER_PORT (the same free port everywhere) set; data and the output folder must
+# be the same on every machine (a shared folder), or resume is refused.
 # Knobs: MASTER_PORT (default: a free port), CLUSTER_TIMEOUT (seconds to wait for all ranks to join, default 600),
 # and those in scripts/common.sh.
 set -euo pipefail

@@ -4,8 +4,9 @@
 #     [-- TRAIN_ARGS...]
 # GPUs: DEVICE_NUM, else all that nvidia-smi lists. Through msrun (LAUNCHER=mpirun for Open MPI). Run folder
 # ./train_parallel: log.txt, worker_<rank>.log; rank 0 writes config.yaml, metrics.csv and ckpt_0/. If a rank fails,
-# the others are stopped and the job exits non-zero naming it. Knobs: MASTER_PORT, CLUSTER_TIMEOUT (see
-# run_distribute_train_cpu.sh) and those in scripts/common.sh.
+# the others are stopped and the job exits non-zero naming it. Several machines: NODE_NUM, NODE_RANK, MASTER_ADDR,
+# MASTER_PORT as in run_distribute_train_cpu.sh. Knobs: MASTER_PORT, CLUSTER_TIMEOUT (see run_distribute_train_cpu.sh)
+# and those in scripts/common.sh.
 set -euo pipefail
 USAGE="[cifar10|imagenet2012] CONFIG_PATH DATASET_PATH [PRETRAINED] [-- TRAIN_ARGS...]"
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"

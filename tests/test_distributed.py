@@ -331,3 +331,79 @@ def test_ranks_refuse_to_resume_from_different_checkpoints(parallel_run, script_
         assert f"[rank {rank}] {message}" in (run_dir / f"worker_{rank}.log").read_text()
     assert "epoch: 2 step: 1," not in (run_dir / "worker_0.log").read_text()
     assert script_processes.pids() == []
+
+
+@pytest.fixture
+def second_machine():
+    """A second "machine" on this host (DESIGN.md section 7): its own network namespace joined to this one by a
+    veth pair; msrun starts its scheduler only on the machine whose address MASTER_ADDR is.  Yields (this machine's
+    address, a command prefix that runs on the second machine, the namespace name); removed afterwards."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("two machines on one host need root and iproute2 (network namespaces)")
+    tag = os.getpid() % 100_000
+    name, near, far, subnet = f"mbnode{tag}", f"mbA{tag}", f"mbB{tag}", f"10.231.{tag % 250}"
+    setup = [["ip", "netns", "add", name], ["ip", "link", "add", near, "type", "veth", "peer", "name", far],
+             ["ip", "link", "set", far, "netns", name], ["ip", "addr", "add", f"{subnet}.1/24", "dev", near],
+             ["ip", "link", "set", near, "up"],
+             ["ip", "netns", "exec", name, "ip", "addr", "add", f"{subnet}.2/24", "dev", far],
+             ["ip", "netns", "exec", name, "ip", "link", "set", far, "up"],
+             ["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"]]
+    try:
+        for command in setup:
+            failed = subprocess.run(command, capture_output=True, text=True)
+            if failed.returncode:
+                pytest.skip(f"cannot make a network namespace here: {' '.join(command)}: {failed.stderr.strip()}")
+        yield f"{subnet}.1", ["ip", "netns", "exec", name], name
+    finally:
+        left = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
+        for pid in left:
+            os.kill(int(pid), signal.SIGKILL)
+        subprocess.run(["ip", "link", "del", near], capture_output=True)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def test_two_machines_train_as_one_job_and_a_lost_machine_is_named(digits, script_processes, second_machine, tmp_path):
+    """Two msrun launchers with NODE_NUM 2 and NODE_RANK 0 / 1, one rank each: both exit 0, the ranks end with
+    identical weights, only machine 0 writes a checkpoint set.  Then a second job loses machine 1 (every process of
+    it SIGKILLed): machine 0 ends non-zero in bounded time naming rank 1, and no process is left."""
+    address, on_second, namespace = second_machine
+
+    def start(node_rank, folder, *extra):
+        folder.mkdir(exist_ok=True)
+        variables = {**script_processes.env, "FOREGROUND": "1", "NODE_NUM": "2", "NODE_RANK": str(node_rank),
+                     "MASTER_ADDR": address, "MASTER_PORT": str(port), **hook_env(folder)}
+        prefix = on_second + ["env", *(f"{key}={value}" for key, value in variables.items())] if node_rank else []
+        out = open(folder / "output.txt", "w", encoding="utf-8")  # pylint: disable=consider-using-with
+        return subprocess.Popen([*prefix, "bash", os.path.join(ROOT_DIR, "scripts", "run_distribute_train_cpu.sh"),
+                                 "cifar10", digits, "1", "--", *map(str, TRAIN_ARGS), *map(str, extra)],
+                                cwd=str(folder), env=variables, stdout=out, stderr=out)
+
+    port = free_port()
+    machines = [start(0, tmp_path / "first"), start(1, tmp_path / "second")]
+    assert [job.wait(timeout=600) for job in machines] == [0, 0], \
+        [(tmp_path / folder / "output.txt").read_text()[-3000:] for folder in ("first", "second")]
+    logs = [(tmp_path / folder / "train_parallel" / f"worker_{rank}.log").read_text()
+            for rank, folder in ((0, "first"), (1, "second"))]
+    for rank, log in enumerate(logs):
+        assert f"[rank {rank}] joined the MCCL group as rank {rank} of 2" in log and "training finished" in log
+    ranks = [ms.load_checkpoint(str(tmp_path / folder / f"rank_{rank}.ckpt"))
+             for rank, folder in ((0, "first"), (1, "second"))]
+    shared = [name for name in ranks[0] if not name.endswith(("moving_mean", "moving_variance"))]
+    assert all(np.array_equal(ranks[0][name].asnumpy(), ranks[1][name].asnumpy()) for name in shared)
+    assert FINAL in os.listdir(tmp_path / "first" / "train_parallel" / "ckpt_0")
+    assert not (tmp_path / "second" / "train_parallel" / "ckpt_0").exists()
+
+    port = free_port()
+    machines = [start(0, tmp_path / "first2", "--epoch_size", 50), start(1, tmp_path / "second2", "--epoch_size", 50)]
+    wait_for(tmp_path / "second2" / "train_parallel" / "worker_1.log", "[rank 1] epoch: 1 step: 2,", machines[1])
+    lost = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True).stdout.split()
+    for pid in lost:
+        os.kill(int(pid), signal.SIGKILL)
+    killed = time.time()
+    assert machines[0].wait(timeout=300) != 0
+    print(f"machine 0 ended {time.time() - killed:.1f} s after machine 1 was lost")
+    machines[1].wait(timeout=60)
+    output = (tmp_path / "first2" / "output.txt").read_text()
+    assert "ERROR: rank 1 was lost (it stopped answering: its process, machine or network failed); its log: " \
+           "worker_1.log in the run folder of the machine with NODE_RANK 1" in output, output[-3000:]
+    assert script_processes.pids() == []

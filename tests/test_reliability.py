@@ -107,7 +107,10 @@ def test_empty_class_folder(jpeg_tree, tmp_path):
     (["--epoch_size", "0"], "key 'epoch_size' must be >= 1; got 0"),
     (["--epoch_size", "2", "--warmup_epochs", "3"], r"warmup_epochs \(3\) is longer than training \(epoch_size 2\)"),
     (["--sink_size", "0"], r"key 'sink_size' must be -1 \(the whole epoch\) or a number of steps >= 1; got 0"),
-], ids=["unknown-key", "wrong-type", "batch-0", "negative-lr", "width-0", "epochs-0", "warmup-too-long", "sink-size-0"])
+    (["--sync_bn", "True", "--device_target", "GPU", "--run_distribute", "True"],
+     r"key 'sync_bn' needs device_target Ascend and run_distribute true .*; got device_target GPU, run_distribute True"),
+], ids=["unknown-key", "wrong-type", "batch-0", "negative-lr", "width-0", "epochs-0", "warmup-too-long", "sink-size-0",
+        "sync-bn-off-ascend"])
 def test_config_mistakes(args, message):
     assert_user_error(run_script("train.py", "--config_path", DEMO, *args), message)
 

@@ -21,6 +21,7 @@ VALID_ARGS = {
     "run_distribute_train.sh": ["cifar10", "{table}", "{data}"],
     "run_distribute_train_gpu.sh": ["cifar10", "{config}", "{data}"],
     "run_distribute_train_cpu.sh": ["cifar10", "{data}", "2"],
+    "run_distribute_train_msrun.sh": ["cifar10", "{data}"],
     "run_eval.sh": ["cifar10", "{data}", "{ckpt}", "0"],
     "run_eval_gpu.sh": ["cifar10", "{data}", "{ckpt}", "0"],
     "run_eval_cpu.sh": ["cifar10", "{data}", "{ckpt}"],
@@ -90,6 +91,29 @@ def test_missing_and_unusable_rank_tables(inputs, script_processes, tmp_path):
     assert os.listdir(inputs["cwd"]) == []
 
 
+@pytest.mark.parametrize("script,args", [
+    ("run_distribute_train_cpu.sh", ["cifar10", "{data}", "1"]),
+    ("run_distribute_train_gpu.sh", ["cifar10", "{config}", "{data}"]),
+    ("run_distribute_train_msrun.sh", ["cifar10", "{data}"]),
+])
+@pytest.mark.parametrize("variables,message", [
+    ({"NODE_NUM": "2", "NODE_RANK": "1", "MASTER_PORT": "29500"}, "NODE_NUM 2 (several machines) needs MASTER_ADDR"),
+    ({"NODE_NUM": "2", "MASTER_ADDR": "10.0.0.1"}, "NODE_NUM 2 (several machines) needs MASTER_PORT"),
+    ({"NODE_NUM": "2", "NODE_RANK": "2"}, "NODE_RANK must be below NODE_NUM (2), got 2"),
+    ({"NODE_NUM": "two"}, "NODE_NUM must be an integer >= 1, got 'two'"),
+    ({"MASTER_PORT": "70000"}, "MASTER_PORT must be a port number (1-65535), got 70000"),
+    ({"NODE_NUM": "2", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500", "LAUNCHER": "mpirun"},
+     "NODE_NUM > 1 (several machines) needs LAUNCHER=msrun"),
+], ids=["no-master-addr", "no-master-port", "node-rank-too-big", "node-num-not-a-number", "bad-port", "mpirun"])
+def test_inconsistent_machine_settings_are_usage_errors(script, args, variables, message, inputs, script_processes):
+    """NODE_NUM / NODE_RANK / MASTER_ADDR / MASTER_PORT are checked before anything runs or is written."""
+    proc = script_processes.run(script, *(arg.format(**inputs) for arg in args), cwd=inputs["cwd"], timeout=60,
+                                DEVICE_NUM="1", **variables)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"\nERROR: {message}" in proc.stderr, proc.stderr
+    assert os.listdir(inputs["cwd"]) == []
+
+
 @pytest.mark.skipif(shutil.which("mpirun") is not None, reason="mpirun is installed here")
 def test_launcher_not_installed(inputs, script_processes):
     proc = script_processes.run("run_distribute_train_cpu.sh", "cifar10", inputs["data"], 2, cwd=inputs["cwd"],
@@ -109,7 +133,8 @@ def test_rank_table_starts_one_process_per_device_and_stops_on_a_failed_rank(dem
     assert re.search(r"ERROR: rank [01] failed: exit status 2; its log: .*/train_parallel[01]/log", proc.stdout)
     for device, rank in ((4, 0), (5, 1)):
         log = (tmp_path / f"train_parallel{rank}" / "log").read_text()
-        assert log.startswith(f"RANK_ID={rank} DEVICE_ID={device} RANK_SIZE=2 RANK_TABLE_FILE={table}\n")
+        assert log.startswith(f"RANK_ID={rank} DEVICE_ID={device} RANK_SIZE=2 RANK_TABLE_FILE={table}\n"
+                              f"output folder (all ranks): {tmp_path / 'train_parallel'}\n")
     assert "device_target Ascend is not available" in (tmp_path / "train_parallel0" / "log").read_text() + \
         (tmp_path / "train_parallel1" / "log").read_text()
     assert script_processes.pids() == []

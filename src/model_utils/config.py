@@ -89,6 +89,7 @@ SCHEMA = {
     "mode": _f("str", "graph", "execution mode", choices=("graph", "pynative")),
     "runtime_num_threads": _f("int", 0, "CPU runtime threads; 0 = all cores", min=0),
     "run_distribute": _f("bool", False, "data-parallel training"),
+    "sync_bn": _f("bool", False, "BatchNorm statistics synchronised over the ranks in training (Ascend)"),
     "dataset_sink_mode": _f("bool", True, "data sink on GPU and Ascend (CPU has none)"),
     "sink_size": _f("int", -1, "steps per data sink, a divisor of the epoch's steps; -1 = the whole epoch", min=-1),
     "device_num": _f("int", 1, "devices (taken from the group size when distributed)", min=1),
@@ -237,6 +238,10 @@ def validate(values: dict, source: str) -> None:
     if values["width_mult"] not in widths:
         raise ConfigError(f"{source}: key 'width_mult' must be one of {', '.join(map(str, widths))} for "
                           f"{values['model']}; got {values['width_mult']:g}")
+    if values["sync_bn"] and (values["device_target"] != "Ascend" or not values["run_distribute"]):
+        raise ConfigError(f"{source}: key 'sync_bn' needs device_target Ascend and run_distribute true (MindSpore "
+                          f"2.10's nn.SyncBatchNorm supports Ascend only); got device_target "
+                          f"{values['device_target']}, run_distribute {values['run_distribute']}")
     if values["sink_size"] == 0:
         raise ConfigError(f"{source}: key 'sink_size' must be -1 (the whole epoch) or a number of steps >= 1; got 0")
     if values["warmup_epochs"] > values["epoch_size"]:

@@ -1,4 +1,6 @@
 """Model factory: `create_model(name, ...)` returns a plain `nn.Cell`."""
+import mindspore.nn as nn
+
 from src.errors import UserError
 from src.models import mobilenet_v1, mobilenet_v3
 from src.models.depthwise import built_for
@@ -14,9 +16,10 @@ __all__ = ["MODELS", "create_model", "count_macs", "count_params"]
 
 
 def create_model(name: str, class_num: int = 1000, width_mult: float = 1.0, dropout: float = None,
-                 device_target: str = None):
+                 device_target: str = None, sync_bn: bool = False):
     """Build `name` at `width_mult` with `class_num` outputs; `dropout=None` takes the family's default.  The C++
-    CPU kernels are used when `device_target` (default: MindSpore's context device) is CPU."""
+    CPU kernels are used when `device_target` (default: MindSpore's context device) is CPU; `sync_bn` builds
+    `nn.SyncBatchNorm` layers (Ascend, in a distributed run) instead of `nn.BatchNorm2d`."""
     if name not in MODELS:
         raise UserError(f"unknown model '{name}'; valid models: {', '.join(MODELS)}")
     widths, default_dropout = MODELS[name]
@@ -26,8 +29,9 @@ def create_model(name: str, class_num: int = 1000, width_mult: float = 1.0, drop
     if class_num < 1:
         raise UserError(f"class_num must be >= 1; got {class_num}")
     dropout = default_dropout if dropout is None else dropout
+    norm = nn.SyncBatchNorm if sync_bn else nn.BatchNorm2d
     with built_for(device_target):
         if name == "mobilenet_v1":
-            return mobilenet_v1.MobileNetV1(class_num=class_num, width_mult=width_mult, dropout=dropout)
+            return mobilenet_v1.MobileNetV1(class_num=class_num, width_mult=width_mult, dropout=dropout, norm=norm)
         return mobilenet_v3.MobileNetV3(name.rsplit("_", 1)[1], class_num=class_num, width_mult=width_mult,
-                                        dropout=dropout)
+                                        dropout=dropout, norm=norm)

@@ -159,9 +159,10 @@ class ConvBNAct(Float32Kernels, nn.SequentialCell):
 
 
 def conv_bn_act(in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1, groups: int = 1,
-                activation: str = "relu") -> ConvBNAct:
+                activation: str = "relu", norm=nn.BatchNorm2d) -> ConvBNAct:
     """Conv (symmetric padding k // 2, no bias; a depthwise one as `DepthwiseConv2d`, a dense k x k one as
-    `UnfoldConv2d`) -> BatchNorm -> activation (None for a linear layer), as a `ConvBNAct`."""
+    `UnfoldConv2d`) -> BatchNorm (`norm`: `nn.BatchNorm2d` or `nn.SyncBatchNorm`) -> activation (None for a linear
+    layer), as a `ConvBNAct`."""
     if 1 < groups == in_channels == out_channels:
         conv = DepthwiseConv2d
     else:
@@ -169,7 +170,7 @@ def conv_bn_act(in_channels: int, out_channels: int, kernel_size: int = 1, strid
     layers = [
         conv(in_channels, out_channels, kernel_size, stride, pad_mode="pad", padding=kernel_size // 2,
              group=groups, has_bias=False),
-        nn.BatchNorm2d(out_channels, eps=BN_EPS, momentum=BN_MOMENTUM),
+        norm(out_channels, eps=BN_EPS, momentum=BN_MOMENTUM),
     ]
     if activation:
         layers.append(ACTIVATIONS[activation]())

@@ -21,14 +21,14 @@ def _channels(c: int, width_mult: float) -> int:
 class MobileNetV1(nn.Cell):
     """MobileNetV1; every layer is conv -> BN -> ReLU6, then global average pool and a dense head."""
 
-    def __init__(self, class_num: int = 1000, width_mult: float = 1.0, dropout: float = 0.0):
+    def __init__(self, class_num: int = 1000, width_mult: float = 1.0, dropout: float = 0.0, norm=nn.BatchNorm2d):
         super().__init__()
         in_ch = _channels(STEM_CHANNELS, width_mult)
-        layers = [conv_bn_act(3, in_ch, 3, 2, activation="relu6")]
+        layers = [conv_bn_act(3, in_ch, 3, 2, activation="relu6", norm=norm)]
         for out, stride in BLOCKS:
             out_ch = _channels(out, width_mult)
-            layers.append(conv_bn_act(in_ch, in_ch, 3, stride, groups=in_ch, activation="relu6"))
-            layers.append(conv_bn_act(in_ch, out_ch, 1, activation="relu6"))
+            layers.append(conv_bn_act(in_ch, in_ch, 3, stride, groups=in_ch, activation="relu6", norm=norm))
+            layers.append(conv_bn_act(in_ch, out_ch, 1, activation="relu6", norm=norm))
             in_ch = out_ch
         self.features = nn.SequentialCell(layers)
         self.pool = GlobalAvgPool()

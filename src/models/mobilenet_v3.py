@@ -65,15 +65,15 @@ class SqueezeExcite(nn.Cell):
 class InvertedResidual(nn.Cell):
     """Optional 1x1 expansion, depthwise conv, optional SE, linear 1x1 projection, residual when shapes match."""
 
-    def __init__(self, in_ch, kernel, exp_ch, out_ch, use_se, activation, stride):
+    def __init__(self, in_ch, kernel, exp_ch, out_ch, use_se, activation, stride, norm=nn.BatchNorm2d):
         super().__init__()
         layers = []
         if exp_ch != in_ch:
-            layers.append(conv_bn_act(in_ch, exp_ch, 1, activation=activation))
-        layers.append(conv_bn_act(exp_ch, exp_ch, kernel, stride, groups=exp_ch, activation=activation))
+            layers.append(conv_bn_act(in_ch, exp_ch, 1, activation=activation, norm=norm))
+        layers.append(conv_bn_act(exp_ch, exp_ch, kernel, stride, groups=exp_ch, activation=activation, norm=norm))
         if use_se:
             layers.append(SqueezeExcite(exp_ch))
-        layers.append(conv_bn_act(exp_ch, out_ch, 1, activation=None))
+        layers.append(conv_bn_act(exp_ch, out_ch, 1, activation=None, norm=norm))
         self.block = nn.SequentialCell(layers)
         self.use_residual = stride == 1 and in_ch == out_ch
 
@@ -87,19 +87,20 @@ class InvertedResidual(nn.Cell):
 class MobileNetV3(nn.Cell):
     """MobileNetV3 `arch` ("small" | "large") at `width_mult`; the 1024/1280 head is not scaled."""
 
-    def __init__(self, arch: str = "small", class_num: int = 1000, width_mult: float = 1.0, dropout: float = 0.2):
+    def __init__(self, arch: str = "small", class_num: int = 1000, width_mult: float = 1.0, dropout: float = 0.2,
+                 norm=nn.BatchNorm2d):
         super().__init__()
         blocks, last_conv, head = ARCHS[arch]
         in_ch = make_divisible(STEM_CHANNELS * width_mult)
         in_ref = STEM_CHANNELS
-        layers = [conv_bn_act(3, in_ch, 3, 2, activation="hswish")]
+        layers = [conv_bn_act(3, in_ch, 3, 2, activation="hswish", norm=norm)]
         for kernel, exp, out, use_se, activation, stride in blocks:
             exp_ch = make_divisible(in_ch * exp / in_ref)
             out_ch = make_divisible(out * width_mult)
-            layers.append(InvertedResidual(in_ch, kernel, exp_ch, out_ch, use_se, activation, stride))
+            layers.append(InvertedResidual(in_ch, kernel, exp_ch, out_ch, use_se, activation, stride, norm))
             in_ch, in_ref = out_ch, out
         last_ch = make_divisible(last_conv * width_mult)
-        layers.append(conv_bn_act(in_ch, last_ch, 1, activation="hswish"))
+        layers.append(conv_bn_act(in_ch, last_ch, 1, activation="hswish", norm=norm))
         self.features = nn.SequentialCell(layers)
         self.pool = GlobalAvgPool()
         self.head = nn.SequentialCell([nn.Dense(last_ch, head), ACTIVATIONS["hswish"]()])
