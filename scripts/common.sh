@@ -271,6 +271,7 @@ data_parallel_train() {  # data_parallel_train TARGET WORKERS: train.py on WORKE
     "bash scripts/setup_env.sh; mpirun with Open MPI)"
   enter_run_dir train_parallel
   log="$RUN_DIR/log.txt"
+  if [ "$NODE_NUM" -gt 1 ]; then log="$RUN_DIR/log_node$NODE_RANK.txt"; fi  # machines may share the run folder
   train_command "$1" --run_distribute True
   if [ "$launcher" = msrun ]; then
     MASTER_PORT=${MASTER_PORT:-$(free_port)}
