@@ -24,6 +24,8 @@ def main():
     setup_device(config)
     rank, group_size = init_distributed(config)
     writer = rank == 0
+    log(f"global batch {config.batch_size * group_size} ({config.batch_size} per rank x {group_size} ranks), "
+        f"lr_max {config.lr_max:g}")
     ckpt_dir = prepare_output(config.save_checkpoint_path, writer)
     log(f"effective config ({config.source}):\n{config}")
     if writer:
@@ -82,8 +84,6 @@ def main():
         callbacks.insert(0, EvalMonitor(progress, model, eval_ds, net, config.eval_interval, best_path,
                                         best_top1(best_path) if writer and checkpoint else -1.0))
     callbacks += [cb for cb in (saver, stop) if cb is not None]
-    log(f"global batch {config.batch_size * group_size} ({config.batch_size} per rank x {group_size} ranks), "
-        f"lr_max {config.lr_max:g}")
     sinks = f"data sink of {sink.steps} steps" if sink.enabled else "no data sink"
     log(f"training {config.model} x{config.width_mult:g} on {config.device_target}: {steps_per_epoch} steps of "
         f"{config.batch_size} images per epoch, epochs {global_step // steps_per_epoch + 1}..{config.epoch_size}, "
