@@ -241,6 +241,27 @@ cluster_settings() {  # cluster_settings: check NODE_NUM, NODE_RANK, MASTER_ADDR
   MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 }
 
+orphaned_processes() {  # orphaned_processes: pids of msrun's ranks and scheduler of this run (output in RUN_DIR)
+  local pid cmdline
+  for pid in $(pgrep -f -- "--save_checkpoint_path $RUN_DIR" || true); do
+    cmdline=$(tr '\0' ' ' < "/proc/$pid/cmdline" 2> /dev/null) || continue
+    if [[ "$cmdline " == *"--save_checkpoint_path $RUN_DIR "* ]] && grep -qa "MS_ROLE=" "/proc/$pid/environ"; then
+      echo "$pid"
+    fi
+  done
+}
+
+wait_for_orphaned_ranks() {  # after msrun: wait for its ranks and scheduler if they outlive it; end its log followers
+  # A SIGTERM to msrun ends msrun alone (it has no handler); its workers then get SIGTERM from the kernel (train.py
+  # asks for it, see src/distributed.py) and stop at an agreed step after saving: wait for them (at most 10 min).
+  local waited=0
+  while [ -n "$(orphaned_processes)" ] && [ "$waited" -lt 600 ]; do
+    sleep 1
+    waited=$((waited + 1))
+  done
+  pkill -f -- "tail -f $RUN_DIR/worker_" 2> /dev/null || true  # msrun's, left behind when it was killed
+}
+
 msrun_job() {  # msrun_job WORKERS LOG [train.py and its arguments]: msrun, then name the rank that failed
   local workers=$1 log=$2 status=0 nodes=()
   shift 2
@@ -248,6 +269,7 @@ msrun_job() {  # msrun_job WORKERS LOG [train.py and its arguments]: msrun, then
   msrun --worker_num=$((workers * NODE_NUM)) --local_worker_num="$workers" --master_addr="$MASTER_ADDR" \
     --master_port="$MASTER_PORT" "${nodes[@]}" --log_dir="$RUN_DIR" --join=True \
     --cluster_time_out="${CLUSTER_TIMEOUT:-600}" "$@" || status=$?
+  wait_for_orphaned_ranks
   # ranks that stopped on a signal exit 128 + signal, which msrun reports as a failure
   if [ "$status" -ne 0 ] && [ -z "$(stopped_by "$RUN_DIR"/worker_*.log)" ]; then
     report_failed_rank "$log" "$workers"

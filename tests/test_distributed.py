@@ -252,16 +252,25 @@ def assert_same_final_state(run_dir, parallel_run):
     assert not different, different
 
 
-@pytest.mark.parametrize("target", ["launcher", "rank 1"])
+def msrun_pid(script_processes):
+    pids = [pid for pid in script_processes.pids()
+            if b"/msrun\0" in (Path("/proc") / str(pid) / "cmdline").read_bytes()]
+    assert len(pids) == 1
+    return pids[0]
+
+
+@pytest.mark.parametrize("target", ["launcher", "msrun", "rank 1"])
 def test_sigterm_stops_every_rank_at_one_step_and_resume_is_exact(parallel_run, script_processes, digits, tmp_path,
                                                                   target):
-    """SIGTERM to the launcher (forwarded to the ranks, not to msrun, whose SIGINT handler SIGKILLs them) or to
-    rank 1 alone: both ranks stop at the same step (they agree every step), rank 0 saves, the launcher exits 143,
-    no process is left; `--resume auto` then ends bit-identical to the uninterrupted run."""
+    """SIGTERM to the launcher (forwarded to the ranks, not to msrun, whose SIGINT handler SIGKILLs them), to msrun
+    (no handler: it dies, its workers get SIGTERM from the kernel) or to rank 1 alone: both ranks stop at the same
+    step (they agree every step), rank 0 saves, the launcher exits 143, no process is left (msrun's `tail`s
+    included); `--resume auto` then ends bit-identical to the uninterrupted run."""
     job, output = launch(script_processes, digits, tmp_path)
     run_dir = tmp_path / "train_parallel"
     wait_for(run_dir / "worker_0.log", "[rank 0] epoch: 2 step: 3,", job)
-    os.kill(job.pid if target == "launcher" else rank_pid(script_processes, 1), signal.SIGTERM)
+    victim = {"launcher": job.pid, "msrun": msrun_pid(script_processes), "rank 1": rank_pid(script_processes, 1)}
+    os.kill(victim[target], signal.SIGTERM)
     assert job.wait(timeout=180) == 128 + signal.SIGTERM, output.read_text()[-3000:]
     assert "stopped by SIGTERM (exit 143): every rank stopped at the same step" in output.read_text()
     logs = [(run_dir / f"worker_{rank}.log").read_text() for rank in (0, 1)]
