@@ -8,11 +8,11 @@ import mindspore.dataset as ds  # noqa: E402  pylint: disable=wrong-import-order
 from src.callbacks import CheckpointSaver, EvalMonitor, Progress, StopOnSignal, TrainMonitor, trim_metrics
 from src.checkpoint import best_top1, load_weights, prepare_output, restore_training, resume_path
 from src.dataset import create_dataset, pipeline_errors_reported
+from src.distributed import check_same_start
 from src.loss import CrossEntropySmooth, LossRecorder
 from src.lr_generator import get_lr
 from src.model_utils.cli import log, run
 from src.model_utils.config import get_config
-from src.distributed import check_same_start
 from src.model_utils.device import init_distributed, setup_device
 from src.models import create_model
 from src.optimizer import create_optimizer
