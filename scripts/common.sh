@@ -86,7 +86,8 @@ enter_run_dir() {  # enter_run_dir NAME: make <current folder>/NAME the run fold
   cd "$RUN_DIR"
 }
 
-train_command() {  # train_command TARGET [ARG...]: CMD = train.py and its arguments (outputs in OUTPUT_DIR, else RUN_DIR)
+train_command() {  # train_command TARGET [ARG...]: CMD = train.py and its arguments (outputs in OUTPUT_DIR, else
+  # RUN_DIR)
   CMD=("$ROOT/train.py" --config_path "$CONFIG" --dataset "$DATASET" --dataset_path "$DATA_PATH"
        --device_target "$1" --save_checkpoint_path "${OUTPUT_DIR:-$RUN_DIR}" "${@:2}")
   if [ -n "$PRETRAINED" ]; then CMD+=(--pre_trained "$PRETRAINED"); fi
@@ -154,8 +155,8 @@ launch() {  # launch LOG COMMAND...: run COMMAND (a program or a function) with 
   signal=$(stopped_by "$log" "${rank_logs[@]}")
   if [ -n "$signal" ]; then
     status=$((128 + $(kill -l "$signal")))
-    echo "stopped by $signal (exit $status): every rank stopped at the same step and rank 0 saved a checkpoint;" \
-      "resume with the same command plus: -- --resume auto" >&2
+    echo "stopped by $signal (exit $status): every rank stopped at the same step; the log names the checkpoint" \
+      "saved; resume with the same command plus: -- --resume auto" >&2
   elif [ "$status" -ne 0 ]; then
     echo "ERROR: the run failed ($(describe_exit "$status")); log: $log" >&2
   fi
@@ -197,7 +198,8 @@ report_failed_rank() {  # report_failed_rank LOG WORKERS: name the rank whose ex
     | sort -un) || true
   for rank in $lost; do
     echo "ERROR: rank $rank was lost (it stopped answering: its process, machine or network failed); its log:" \
-      "worker_$rank.log in the run folder of the machine with NODE_RANK $((rank / $2)); the other ranks were stopped" >&2
+      "worker_$rank.log in the run folder of the machine with NODE_RANK $((rank / $2)); the other ranks were" \
+      "stopped" >&2
   done
   line=$(grep -a -o -E "Worker process [0-9]+ exit with exception. Error code: -?[0-9]+" "$1" | head -n 1) || true
   if [[ ! $line =~ process\ ([0-9]+).*code:\ (-?[0-9]+) ]]; then
@@ -251,7 +253,8 @@ orphaned_processes() {  # orphaned_processes: pids of msrun's ranks and schedule
   done
 }
 
-wait_for_orphaned_ranks() {  # after msrun: wait for its ranks and scheduler if they outlive it; end its log followers
+wait_for_orphaned_processes() {  # after msrun: wait for its ranks and scheduler if they outlive it; end its log
+  # followers.
   # A SIGTERM to msrun ends msrun alone (it has no handler); its workers then get SIGTERM from the kernel (train.py
   # asks for it, see src/distributed.py) and stop at an agreed step after saving: wait for them (at most 10 min).
   local waited=0
@@ -269,7 +272,7 @@ msrun_job() {  # msrun_job WORKERS LOG [train.py and its arguments]: msrun, then
   msrun --worker_num=$((workers * NODE_NUM)) --local_worker_num="$workers" --master_addr="$MASTER_ADDR" \
     --master_port="$MASTER_PORT" "${nodes[@]}" --log_dir="$RUN_DIR" --join=True \
     --cluster_time_out="${CLUSTER_TIMEOUT:-600}" "$@" || status=$?
-  wait_for_orphaned_ranks
+  wait_for_orphaned_processes
   # ranks that stopped on a signal exit 128 + signal, which msrun reports as a failure
   if [ "$status" -ne 0 ] && [ -z "$(stopped_by "$RUN_DIR"/worker_*.log)" ]; then
     report_failed_rank "$log" "$workers"

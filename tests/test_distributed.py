@@ -272,7 +272,8 @@ def test_sigterm_stops_every_rank_at_one_step_and_resume_is_exact(parallel_run, 
     victim = {"launcher": job.pid, "msrun": msrun_pid(script_processes), "rank 1": rank_pid(script_processes, 1)}
     os.kill(victim[target], signal.SIGTERM)
     assert job.wait(timeout=180) == 128 + signal.SIGTERM, output.read_text()[-3000:]
-    assert "stopped by SIGTERM (exit 143): every rank stopped at the same step" in output.read_text()
+    assert "stopped by SIGTERM (exit 143): every rank stopped at the same step; the log names the checkpoint saved; " \
+           "resume with the same command plus: -- --resume auto" in output.read_text()
     logs = [(run_dir / f"worker_{rank}.log").read_text() for rank in (0, 1)]
     stop = re.search(r"\[rank 0\] stopped by SIGTERM(?: \(received by another rank\))? at epoch 2 step (\d+): saved "
                      r"(\S+?);", logs[0])
