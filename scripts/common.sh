@@ -104,22 +104,28 @@ describe_exit() {  # describe_exit CODE: "exit status N", or "killed by signal N
   fi
 }
 
-kill_tree() {  # kill_tree SIGNAL PID: PID and all its descendants
+process_tree() {  # process_tree PID: PID's descendants, deepest first, then PID
   local child
-  for child in $(ps -o pid= --ppid "$2" 2> /dev/null); do kill_tree "$1" "$child"; done
-  kill "-$1" "$2" 2> /dev/null || true
+  for child in $(ps -o pid= --ppid "$1" 2> /dev/null); do process_tree "$child"; done
+  echo "$1"
+}
+
+kill_tree() {  # kill_tree SIGNAL PID: PID and all its descendants
+  local pid
+  for pid in $(process_tree "$2"); do kill "-$1" "$pid" 2> /dev/null || true; done
 }
 
 stop_ranks() {  # stop_ranks SIGNAL PID: send SIGNAL to the train.py / eval.py ranks among PID and its descendants
   # Only to the ranks: they agree on a step, rank 0 saves, all exit 128 + signal. Not to msrun (its SIGINT handler
   # SIGKILLs every worker at once), mpirun, or msrun's scheduler (the ranks need it until they are done).
-  local child cmdline
-  for child in $(ps -o pid= --ppid "$2" 2> /dev/null); do stop_ranks "$1" "$child"; done
-  cmdline=$(tr '\0' ' ' < "/proc/$2/cmdline" 2> /dev/null) || return 0
-  if [[ $cmdline =~ (train|eval)\.py && ! $cmdline =~ (msrun|mpirun|orted|prterun) ]] \
-    && ! grep -qa "MS_ROLE=MS_SCHED" "/proc/$2/environ" 2> /dev/null; then
-    kill "-$1" "$2" 2> /dev/null || true
-  fi
+  local pid cmdline
+  for pid in $(process_tree "$2"); do
+    cmdline=$(tr '\0' ' ' < "/proc/$pid/cmdline" 2> /dev/null) || continue
+    if [[ $cmdline =~ (train|eval)\.py && ! $cmdline =~ (msrun|mpirun|orted|prterun) ]] \
+      && ! grep -qa "MS_ROLE=MS_SCHED" "/proc/$pid/environ" 2> /dev/null; then
+      kill "-$1" "$pid" 2> /dev/null || true
+    fi
+  done
 }
 
 stopped_by() {  # stopped_by LOG...: the signal (e.g. SIGTERM) that stopped the run whose logs are LOG..., if any
