@@ -1,8 +1,11 @@
 """Export a checkpoint: python export.py --config_path CONFIG --ckpt_file CKPT --file_name NAME --file_format MINDIR
 
 The network is exported in inference mode with batch size 1 unless --batch_size is given; the written
-file is loaded back and its output compared with the checkpoint's own network on the same input.
+file is loaded back and its output compared with the checkpoint's own network on the same input.  The checkpoint's
+model card (model, width, class names, evaluation transform) is written beside it as NAME.json, which predict.py
+reads with --model_file.
 """
+import json
 import os
 
 import src  # noqa: F401  (first: sets OpenMP's wait policy before MindSpore loads OpenMP, see src/__init__.py)
@@ -11,12 +14,12 @@ import mindspore.nn as nn
 import numpy as np
 from mindspore.onnx import export as export_onnx
 
-from src.checkpoint import load_weights
+from src.checkpoint import build_network
 from src.errors import UserError
 from src.model_utils.cli import log, run
 from src.model_utils.config import get_config
 from src.model_utils.device import setup_device, target_available
-from src.models import create_model
+from src.model_card import make_card
 from src.models.layers import use_portable_ops
 
 EXTENSIONS = {"MINDIR": ".mindir", "AIR": ".air", "ONNX": ".onnx"}
@@ -48,8 +51,7 @@ def main():
     checkpoint = config.ckpt_file or config.checkpoint_path
     if not checkpoint:
         raise UserError("ckpt_file is empty; expected --ckpt_file PATH/TO/model.ckpt")
-    net = create_model(config.model, config.class_num, config.width_mult, config.dropout, config.device_target)
-    load_weights(net, checkpoint, "ckpt_file")
+    net, card = build_network(config, checkpoint, "ckpt_file")
     net.set_train(False)
     use_portable_ops(net)  # the same mathematics from standard operators, loadable anywhere
     batch = config.batch_size if "batch_size" in config.cli_keys else 1
@@ -68,6 +70,8 @@ def main():
     else:
         ms.export(net, ms.Tensor(inputs), file_name=config.file_name, file_format=config.file_format)
     path = config.file_name + EXTENSIONS[config.file_format]
+    with open(config.file_name + ".json", "w", encoding="utf-8") as out:
+        json.dump(make_card(config, card.get("class_names"), card.get("source", "")), out, indent=1)
     deprecated = "; MindSpore deprecates AIR and will remove it: prefer MINDIR" if config.file_format == "AIR" else ""
     log(f"exported {path} ({config.file_format}, input {batch}x3x{height}x{width}, from {checkpoint}){deprecated}")
     reloaded = reload_output(path, config.file_format, inputs)

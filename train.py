@@ -6,15 +6,15 @@ import src  # noqa: F401  (first: sets OpenMP's wait policy before MindSpore loa
 import mindspore.dataset as ds  # noqa: E402  pylint: disable=wrong-import-order
 
 from src.callbacks import CheckpointSaver, EvalMonitor, Progress, StopOnSignal, TrainMonitor, trim_metrics
-from src.checkpoint import best_top1, load_weights, prepare_output, restore_training, resume_path
-from src.dataset import create_dataset, pipeline_errors_reported
+from src.checkpoint import best_top1, build_network, prepare_output, restore_training, resume_path
+from src.dataset import create_dataset, dataset_class_names, pipeline_errors_reported
 from src.distributed import check_same_start
 from src.loss import CrossEntropySmooth, LossRecorder
 from src.lr_generator import get_lr
+from src.model_card import card_entries, make_card
 from src.model_utils.cli import log, run
 from src.model_utils.config import get_config
 from src.model_utils.device import init_distributed, setup_device
-from src.models import create_model
 from src.optimizer import create_optimizer
 from src.training import build_model, data_sink, precision_settings, train_arguments
 
@@ -37,10 +37,8 @@ def main():
     sink = data_sink(config, steps_per_epoch)
     eval_ds = create_dataset(config, do_train=False, rank_id=rank, rank_size=group_size) if config.run_eval else None
 
-    net = create_model(config.model, config.class_num, config.width_mult, config.dropout, config.device_target,
-                       config.sync_bn)
-    if config.pre_trained:
-        load_weights(net, config.pre_trained, "pre_trained checkpoint", allow_new_head=True)
+    net, _ = build_network(config, config.pre_trained, "pre_trained checkpoint", fine_tune=True)
+    card = card_entries(make_card(config, dataset_class_names(config)))  # saved in every checkpoint
     loss_fn = LossRecorder(CrossEntropySmooth(config.class_num, config.label_smooth_factor))
     lr = get_lr(config.lr_init, config.lr_max, config.lr_end, config.warmup_epochs, config.epoch_size,
                 steps_per_epoch, config.lr_decay_mode, lr_power=config.lr_power,
@@ -72,7 +70,7 @@ def main():
     saver = None
     if config.save_checkpoint:
         saver = CheckpointSaver(progress, ckpt_dir, config.model, config.save_checkpoint_epochs,
-                                config.keep_checkpoint_max, config.epoch_size, write=writer)
+                                config.keep_checkpoint_max, config.epoch_size, write=writer, append=card)
     stop = StopOnSignal(progress, saver)
     skipped_steps = precision.loss_scale_manager.skipped_steps if precision.skips_steps else None
     # order matters: evaluation feeds the monitor's metrics row; the monitor's divergence check runs
@@ -82,7 +80,7 @@ def main():
     if eval_ds is not None:
         best_path = os.path.join(ckpt_dir, f"{config.model}_best.ckpt") if writer else ""
         callbacks.insert(0, EvalMonitor(progress, model, eval_ds, net, config.eval_interval, best_path,
-                                        best_top1(best_path) if writer and checkpoint else -1.0))
+                                        best_top1(best_path) if writer and checkpoint else -1.0, append=card))
     callbacks += [cb for cb in (saver, stop) if cb is not None]
     sinks = f"data sink of {sink.steps} steps" if sink.enabled else "no data sink"
     log(f"training {config.model} x{config.width_mult:g} on {config.device_target}: {steps_per_epoch} steps of "

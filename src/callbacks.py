@@ -3,6 +3,7 @@ import csv
 import math
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ from src.checkpoint import save_checkpoint, training_checkpoints
 from src.distributed import all_gather, averaged_statistics, barrier
 from src.errors import UserError
 from src.model_utils.cli import log
+from src.plots import plot_metrics
 from src.training import evaluate
 
 METRIC_FIELDS = ("epoch", "global_step", "loss", "lr", "epoch_seconds", "images_per_second",
@@ -46,12 +48,14 @@ class CheckpointSaver(Callback):
     """Every `every_epochs` epochs (and after the last) save the train network (weights, BN statistics,
     optimizer moments, global_step, LR) as `<directory>/<prefix>-<epoch>_<step>.ckpt`; keep the newest `keep`.
     Every rank runs it (the BatchNorm statistics saved are the ranks' mean, see `averaged_statistics`, with each
-    rank's own kept for an exact resume); only the one with `write` writes."""
+    rank's own kept for an exact resume); only the one with `write` writes.  `append`: further entries saved in
+    every checkpoint (the model card)."""
 
     def __init__(self, progress: Progress, directory: str, prefix: str, every_epochs: int, keep: int,
-                 total_epochs: int, write: bool = True):
+                 total_epochs: int, write: bool = True, append: dict = None):
         super().__init__()
         self.progress, self.directory, self.prefix, self.write = progress, directory, prefix, write
+        self.append = append or {}
         self.every_epochs, self.keep, self.total_epochs = every_epochs, keep, total_epochs
 
     def save(self, cb) -> str:
@@ -70,7 +74,8 @@ class CheckpointSaver(Callback):
             if not self.write:
                 return ""
             extra = {name: Tensor(value) for name, value in per_rank.items()}
-            save_checkpoint(cb.train_network, path, {"epoch_num": epoch, "step_num": global_step, **extra})
+            save_checkpoint(cb.train_network, path,
+                            {"epoch_num": epoch, "step_num": global_step, **extra, **self.append})
         for old in training_checkpoints(self.directory, self.prefix)[self.keep:]:
             os.remove(old)
         return path
@@ -116,13 +121,13 @@ class EvalMonitor(Callback):
     """Every `interval` epochs evaluate on `eval_dataset`, log top-1/top-5 and keep the best weights
     as `best_path` (when given); the result is left in `cb_params.eval_result` for `TrainMonitor`.  With several
     ranks each evaluates its shard (`evaluate` adds up the ranks' sums) with the ranks' mean BatchNorm statistics,
-    which the best checkpoint holds too."""
+    which the best checkpoint holds too, with the entries of `append` (the model card)."""
 
     def __init__(self, progress: Progress, model, eval_dataset, network, interval: int, best_path: str = "",
-                 best_top1: float = -1.0):
+                 best_top1: float = -1.0, append: dict = None):
         super().__init__()
         self.progress, self.model, self.eval_dataset, self.network = progress, model, eval_dataset, network
-        self.interval, self.best_path, self.best_top1 = interval, best_path, best_top1
+        self.interval, self.best_path, self.best_top1, self.append = interval, best_path, best_top1, append or {}
 
     def on_train_epoch_end(self, run_context):
         cb = run_context.original_args()
@@ -132,7 +137,7 @@ class EvalMonitor(Callback):
             return
         start = time.time()
         with averaged_statistics(self.network):
-            result = evaluate(self.model, self.eval_dataset)
+            result, _ = evaluate(self.model, self.eval_dataset)
             cb.eval_result = result
             top1 = result["top_1_accuracy"]
             line = (f"epoch: {epoch} eval: top_1_accuracy {top1:.4f}, top_5_accuracy "
@@ -140,15 +145,16 @@ class EvalMonitor(Callback):
             if top1 > self.best_top1:
                 self.best_top1 = top1
                 if self.best_path:
-                    save_checkpoint(self.network, self.best_path, {"epoch_num": epoch, "top_1_accuracy": top1})
+                    save_checkpoint(self.network, self.best_path,
+                                    {"epoch_num": epoch, "top_1_accuracy": top1, **self.append})
                     line += f"; best so far, saved {self.best_path}"
         log(line)
 
 
 class TrainMonitor(Callback):
     """Logs in the model zoo's format (`epoch: 1 step: 10, loss is 2.30`, `Epoch time: ..., per step time: ...`)
-    plus learning rate, images/s and time left; appends a row per epoch to `metrics_path`.  `lr` holds the
-    per-step rates of the whole run.
+    plus learning rate, images/s and time left; appends a row per epoch to `metrics_path` and redraws `metrics.png`
+    beside it.  `lr` holds the per-step rates of the whole run.
 
     MindSpore calls `on_train_step_end` once per step, or once per sink of several steps with data sink; every
     figure here is computed from the steps each call covers.  Losses come from `recorder` (a `LossRecorder`: the
@@ -227,6 +233,8 @@ class TrainMonitor(Callback):
                 "top_5_accuracy": _fmt(result.get("top_5_accuracy")),
                 "eval_loss": _fmt(result.get("loss")),
             })
+            run_dir = os.path.dirname(self.metrics_path)
+            plot_metrics([run_dir], os.path.join(run_dir, "metrics.png"))
 
     def _append_row(self, row: dict) -> None:
         new = not os.path.exists(self.metrics_path)
@@ -235,6 +243,35 @@ class TrainMonitor(Callback):
             if new:
                 writer.writeheader()
             writer.writerow(row)
+
+
+class TerminalProgress(Callback):
+    """On a terminal, one status line rewritten in place: batches done of `total_batches`, images done, images/s and
+    time left (evaluation steps through the callback, prediction through `advance`).  Nothing is written when
+    `stream` (stderr) is a file or a pipe, so logs stay one line per result."""
+
+    def __init__(self, total_batches: int, stream=None):
+        super().__init__()
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty()
+        self.total, self.batches, self.images, self.start = total_batches, 0, 0, time.time()
+
+    def on_eval_step_end(self, run_context):
+        labels = run_context.original_args().net_outputs[-1]  # the eval network's (loss, logits, labels)
+        self.advance(labels.shape[0])
+
+    def advance(self, images: int) -> None:
+        """One more batch of `images` done."""
+        self.batches, self.images = self.batches + 1, self.images + images
+        if not self.enabled:
+            return
+        elapsed = time.time() - self.start
+        rate = self.images / elapsed if elapsed > 0 else 0.0
+        left = elapsed * (self.total - self.batches) / self.batches
+        end = "\n" if self.batches >= self.total else ""
+        self.stream.write(f"\rbatch {self.batches}/{self.total}, {self.images} images, {rate:.1f} img/s, "
+                          f"{_hms(left)} left{end}")
+        self.stream.flush()
 
 
 def trim_metrics(metrics_path: str, epochs_done: int) -> None:

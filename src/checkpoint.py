@@ -8,7 +8,9 @@ import numpy as np
 
 from src.distributed import restore_own_statistics
 from src.errors import UserError
+from src.model_card import ARCHITECTURE_KEYS, EVALUATION_KEYS, apply_card, read_card
 from src.model_utils.cli import log, warn
+from src.models import create_model
 
 CLASSIFIER = "classifier"
 PARTIAL = ".partial.ckpt"  # suffix of a checkpoint still being written
@@ -51,10 +53,22 @@ def fit_to_network(net, params: dict, path: str, what: str = "checkpoint", allow
     return {name: params[name] for name in expected if name not in head}
 
 
-def load_weights(net, path: str, what: str = "checkpoint", allow_new_head: bool = False) -> None:
-    """Load the network's weights (and BN statistics) from `path`, checked by `fit_to_network`."""
-    params = fit_to_network(net, read_checkpoint(path, what), path, what, allow_new_head)
-    ms.load_param_into_net(net, params)
+def build_network(config, checkpoint: str = "", what: str = "checkpoint", fine_tune: bool = False):
+    """The network `config` describes, with the weights (and BN statistics) of `checkpoint` when given, checked by
+    `fit_to_network`.  The checkpoint's model card (see src/model_card.py) settles the model, width and BatchNorm
+    epsilon and, unless fine-tuning (where a new head may replace its classifier), the class count, class names
+    and evaluation transform: `config` is updated, except for keys given on the command line.  Returns (network,
+    card)."""
+    params, card = {}, {}
+    if checkpoint:
+        params = read_checkpoint(checkpoint, what)
+        card = read_card(params, checkpoint)
+        apply_card(config, card, checkpoint, ARCHITECTURE_KEYS if fine_tune else ARCHITECTURE_KEYS + EVALUATION_KEYS)
+    net = create_model(config.model, config.class_num, config.width_mult, config.dropout, config.device_target,
+                       config.sync_bn, config.bn_eps)
+    if checkpoint:
+        ms.load_param_into_net(net, fit_to_network(net, params, checkpoint, what, allow_new_head=fine_tune))
+    return net, card
 
 
 def checkpoint_position(params: dict) -> tuple:

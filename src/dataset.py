@@ -24,11 +24,13 @@ import numpy as np
 from mindspore.dataset import transforms, vision
 
 from src.errors import UserError
+from src.model_card import CIFAR10_CLASSES
 
 CIFAR_RECORD_BYTES = 1 + 3 * 32 * 32
 CIFAR_FOLDERS = ("cifar-10-batches-bin", "cifar-10-verify-bin")
 CIFAR_TRAIN_FILE = re.compile(r"data_batch_(\d+)\.bin")
 CIFAR_TEST_FILE = "test_batch.bin"
+CIFAR_META_FILE = "batches.meta.txt"
 # The official zoo's CIFAR-10 statistics, so that its CIFAR-10 checkpoints evaluate as they were trained.
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
@@ -74,6 +76,22 @@ def create_dataset(config, do_train: bool, rank_id: int = 0, rank_size: int = 1)
     data = data.map(operations, input_columns="image", num_parallel_workers=workers)
     data = data.map(transforms.TypeCast(ms.int32), input_columns="label", num_parallel_workers=workers)
     return data.batch(config.batch_size, drop_remainder=do_train)
+
+
+def dataset_class_names(config) -> Optional[list]:
+    """Names of the training data's classes, in label order: the class folder names of an ImageNet-style set; for
+    CIFAR-10 the lines of `batches.meta.txt` beside the binary files (CIFAR-10's own names where there is none);
+    None where the names are unknown."""
+    key, path = _data_path(config, do_train=True)
+    if config.dataset == "imagenet2012":
+        return _subfolders(_imagenet_split_folder(key, path, do_train=True))
+    meta = os.path.join(os.path.dirname(_cifar10_files(key, path, do_train=True)[0]), CIFAR_META_FILE)
+    if os.path.isfile(meta):
+        with open(meta, encoding="utf-8", errors="replace") as src:
+            names = [line.strip() for line in src if line.strip()]
+        if len(names) == config.class_num:
+            return names
+    return list(CIFAR10_CLASSES) if config.class_num == len(CIFAR10_CLASSES) else None
 
 
 def describe_pipeline_error(err: BaseException) -> Optional[str]:
@@ -197,8 +215,17 @@ def _imagenet_transforms(config, do_train):
             jitter = config.color_jitter
             operations.append(vision.RandomColorAdjust(brightness=jitter, contrast=jitter, saturation=jitter))
     else:
-        operations = [vision.Resize(int(size / EVAL_CROP_FRACTION)), vision.CenterCrop(size)]
+        operations = eval_resize_crop(config)
     return operations + _normalize(IMAGENET_MEAN, IMAGENET_STD)
+
+
+def eval_resize_crop(config) -> list:
+    """Evaluation geometry: shorter side to `eval_resize` (0: image_size / 0.875) with `interpolation`, centre crop of
+    image_size."""
+    size = config.image_size
+    interpolation = {"bilinear": vision.Inter.BILINEAR, "bicubic": vision.Inter.BICUBIC}[config.interpolation]
+    return [vision.Resize(config.eval_resize or int(size / EVAL_CROP_FRACTION), interpolation),
+            vision.CenterCrop(size)]
 
 
 def _normalize(mean, std):

@@ -96,24 +96,28 @@ def mixed_precision_o1(net: nn.Cell) -> nn.Cell:
 
 class EvalSums(nn.Metric):
     """Sums over the images seen: correct top-1, correct top-5 (as `nn.Top1/Top5CategoricalAccuracy` decide),
-    per-image loss, image count; `evaluate` adds them up over the ranks.  Per-image losses, so that the mean does not
-    depend on how the images fall into batches (or shards)."""
+    per-image loss, image count, and the confusion matrix (rows: true class, columns: top-1 class); `evaluate` adds
+    them up over the ranks.  Per-image losses, so that the mean does not depend on how the images fall into batches
+    (or shards)."""
 
-    def __init__(self):
+    def __init__(self, class_num: int):
         super().__init__()
-        self.sums = np.zeros(4)
+        self.class_num = class_num
+        self.clear()
 
     def clear(self):
         self.sums = np.zeros(4)
+        self.confusion = np.zeros((self.class_num, self.class_num), np.int64)
 
     def update(self, *inputs):
         losses, logits, labels = (self._convert_data(value) for value in inputs)
         ranked = np.argsort(-logits, axis=1)[:, :5]  # as nn.TopKCategoricalAccuracy ranks (ties included)
         self.sums += (np.sum(ranked[:, 0] == labels), np.sum(ranked == labels[:, None]),
                       np.sum(losses, dtype=np.float64), labels.shape[0])
+        np.add.at(self.confusion, (labels.astype(np.int64), ranked[:, 0]), 1)
 
     def eval(self):
-        return self.sums
+        return self.sums, self.confusion
 
 
 def build_model(config, net, loss_fn=None, optimizer=None, precision: Precision = None) -> Model:
@@ -130,7 +134,7 @@ def build_model(config, net, loss_fn=None, optimizer=None, precision: Precision 
                 "source rewrite fails on these networks)")
             amp_level = "O0"  # applied above; `Model` must not convert again
         kwargs = {"amp_level": amp_level, "loss_scale_manager": precision.loss_scale_manager}
-    model = Model(net, loss_fn=loss_fn, optimizer=optimizer, metrics={"sums": EvalSums()}, eval_network=eval_net,
+    model = Model(net, loss_fn=loss_fn, optimizer=optimizer, metrics={"sums": EvalSums(config.class_num)}, eval_network=eval_net,
                   **kwargs)
     if kwargs.get("amp_level") == "O2":  # O2 keeps BatchNorm2d in float32 (amp.py AMP_BLACK_LIST), not SyncBatchNorm
         for _, cell in net.cells_and_names():
@@ -139,16 +143,17 @@ def build_model(config, net, loss_fn=None, optimizer=None, precision: Precision 
     return model
 
 
-def evaluate(model: Model, dataset) -> dict:
-    """Top-1, top-5 and mean loss of `model` on `dataset`, every image counted once (with several ranks `dataset` is
-    this rank's shard and the ranks' sums are added up).  Never with data sink: a sink takes its shapes from the first
-    batch (`Model._exec_preprocess` sets `__loop_size__ = 1` for evaluation) and the last, partial batch (ImageNet:
-    50,000 % 256 = 80 images) would fail or force dynamic shapes."""
-    sums = model.eval(dataset, dataset_sink_mode=False)["sums"]
+def evaluate(model: Model, dataset, callbacks=None) -> tuple:
+    """({top_1_accuracy, top_5_accuracy, loss}, confusion matrix) of `model` on `dataset`, every image counted once
+    (with several ranks `dataset` is this rank's shard and the ranks' sums are added up).  Never with data sink: a
+    sink takes its shapes from the first batch (`Model._exec_preprocess` sets `__loop_size__ = 1` for evaluation) and
+    the last, partial batch (ImageNet: 50,000 % 256 = 80 images) would fail or force dynamic shapes."""
+    sums, confusion = model.eval(dataset, callbacks=callbacks, dataset_sink_mode=False)["sums"]
     top1, top5, loss, count = all_reduce(sums).astype(np.float64)
     if rank_and_size()[1] > 1:
         log(f"evaluated {sums[3]:.0f} of {count:.0f} images on this rank")
-    return {"top_1_accuracy": top1 / count, "top_5_accuracy": top5 / count, "loss": loss / count}
+        confusion = all_reduce(confusion.astype(np.float32)).astype(np.int64)  # exact: counts stay below 2**24
+    return {"top_1_accuracy": top1 / count, "top_5_accuracy": top5 / count, "loss": loss / count}, confusion
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,8 @@ SCHEMA = {
     "class_num": _f("int", 10, "number of classes", min=1),
     "image_size": _f("int", 224, "input height = width", min=32),
     "dropout": _f("float", 0.0, "dropout probability before the classifier", min=0, max=1),
+    "bn_eps": _f("float", 1e-3, "BatchNorm epsilon (weights converted from timm or the model zoo: 1e-5, taken from "
+                 "the checkpoint)", min=0, min_exclusive=True),
     # data
     "dataset": _f("str", "cifar10", "data set format", choices=("cifar10", "imagenet2012")),
     "dataset_path": _f("str", "", "training data (CIFAR-10 folder or ImageNet root)"),
@@ -52,6 +54,9 @@ SCHEMA = {
     "num_parallel_workers": _f("int", 4, "data pipeline workers (clamped to the CPU count)", min=1),
     "random_flip": _f("bool", True, "random horizontal flip in training"),
     "color_jitter": _f("float", 0.0, "brightness/contrast/saturation jitter (ImageNet training)", min=0),
+    "eval_resize": _f("int", 0, "ImageNet evaluation: shorter side resized to this before the centre crop of "
+                      "image_size; 0 = image_size / 0.875", min=0),
+    "interpolation": _f("str", "bilinear", "ImageNet evaluation resize interpolation", choices=("bilinear", "bicubic")),
     # optimisation
     "epoch_size": _f("int", 90, "training epochs", min=1),
     "optimizer": _f("str", "momentum", "optimizer", choices=("momentum", "rmsprop")),
@@ -95,7 +100,12 @@ SCHEMA = {
     "device_num": _f("int", 1, "devices (taken from the group size when distributed)", min=1),
     # evaluation
     "checkpoint_path": _f("str", "", "checkpoint to evaluate"),
-    "result_file": _f("str", "", "eval.py writes its result as JSON here"),
+    "result_file": _f("str", "", "eval.py writes its result as JSON here; predict.py as CSV or JSON (by extension)"),
+    "confusion_matrix": _f("str", "", "eval.py draws the confusion matrix as this PNG (and writes it as CSV beside it)"),
+    # prediction
+    "image": _f("str", "", "predict.py: an image file, or a folder searched recursively"),
+    "model_file": _f("str", "", "predict.py: an exported .mindir or .onnx file instead of a checkpoint"),
+    "top_k": _f("int", 5, "predict.py: classes shown per image", min=1),
     # export
     "ckpt_file": _f("str", "", "checkpoint to export"),
     "file_name": _f("str", "mobilenet", "export file name (extension added)"),

@@ -1,9 +1,8 @@
 """Model factory: `create_model(name, ...)` returns a plain `nn.Cell`."""
-import mindspore.nn as nn
-
 from src.errors import UserError
 from src.models import mobilenet_v1, mobilenet_v3
 from src.models.depthwise import built_for
+from src.models.layers import BN_EPS, batch_norm
 from src.models.stats import count_macs, count_params
 
 MODELS = {
@@ -16,10 +15,11 @@ __all__ = ["MODELS", "create_model", "count_macs", "count_params"]
 
 
 def create_model(name: str, class_num: int = 1000, width_mult: float = 1.0, dropout: float = None,
-                 device_target: str = None, sync_bn: bool = False):
+                 device_target: str = None, sync_bn: bool = False, bn_eps: float = BN_EPS):
     """Build `name` at `width_mult` with `class_num` outputs; `dropout=None` takes the family's default.  The C++
     CPU kernels are used when `device_target` (default: MindSpore's context device) is CPU; `sync_bn` builds
-    `nn.SyncBatchNorm` layers (Ascend, in a distributed run) instead of `nn.BatchNorm2d`."""
+    `nn.SyncBatchNorm` layers (Ascend, in a distributed run) instead of `nn.BatchNorm2d`; `bn_eps` is the BatchNorm
+    epsilon (imported weights keep the one they were trained with)."""
     if name not in MODELS:
         raise UserError(f"unknown model '{name}'; valid models: {', '.join(MODELS)}")
     widths, default_dropout = MODELS[name]
@@ -29,7 +29,7 @@ def create_model(name: str, class_num: int = 1000, width_mult: float = 1.0, drop
     if class_num < 1:
         raise UserError(f"class_num must be >= 1; got {class_num}")
     dropout = default_dropout if dropout is None else dropout
-    norm = nn.SyncBatchNorm if sync_bn else nn.BatchNorm2d
+    norm = batch_norm(bn_eps, sync_bn)
     with built_for(device_target):
         if name == "mobilenet_v1":
             return mobilenet_v1.MobileNetV1(class_num=class_num, width_mult=width_mult, dropout=dropout, norm=norm)

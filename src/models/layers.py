@@ -1,4 +1,6 @@
 """Building blocks shared by the MobileNet families."""
+import functools
+
 import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
@@ -9,7 +11,13 @@ from src.models.depthwise import (DepthwiseConv2d, Float32Kernels, batchnorm_tra
                                   fold_batchnorm_op, im2col_op)
 
 BN_MOMENTUM = 0.99
-BN_EPS = 1e-3
+BN_EPS = 1e-3  # ours, torchvision's and TF's; timm's and mindcv's weights were trained with 1e-5
+
+
+def batch_norm(eps: float = BN_EPS, sync: bool = False):
+    """BatchNorm layer factory `norm(channels)`: `nn.BatchNorm2d` (or `nn.SyncBatchNorm`) with `eps` and momentum
+    `BN_MOMENTUM`."""
+    return functools.partial(nn.SyncBatchNorm if sync else nn.BatchNorm2d, eps=eps, momentum=BN_MOMENTUM)
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int = None) -> int:
@@ -159,10 +167,10 @@ class ConvBNAct(Float32Kernels, nn.SequentialCell):
 
 
 def conv_bn_act(in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1, groups: int = 1,
-                activation: str = "relu", norm=nn.BatchNorm2d) -> ConvBNAct:
+                activation: str = "relu", norm=None) -> ConvBNAct:
     """Conv (symmetric padding k // 2, no bias; a depthwise one as `DepthwiseConv2d`, a dense k x k one as
-    `UnfoldConv2d`) -> BatchNorm (`norm`: `nn.BatchNorm2d` or `nn.SyncBatchNorm`) -> activation (None for a linear
-    layer), as a `ConvBNAct`."""
+    `UnfoldConv2d`) -> BatchNorm (`norm(channels)`, see `batch_norm`; default eps `BN_EPS`) -> activation (None for a
+    linear layer), as a `ConvBNAct`."""
     if 1 < groups == in_channels == out_channels:
         conv = DepthwiseConv2d
     else:
@@ -170,7 +178,7 @@ def conv_bn_act(in_channels: int, out_channels: int, kernel_size: int = 1, strid
     layers = [
         conv(in_channels, out_channels, kernel_size, stride, pad_mode="pad", padding=kernel_size // 2,
              group=groups, has_bias=False),
-        norm(out_channels, eps=BN_EPS, momentum=BN_MOMENTUM),
+        (norm or batch_norm())(out_channels),
     ]
     if activation:
         layers.append(ACTIVATIONS[activation]())

@@ -21,7 +21,7 @@ def _channels(c: int, width_mult: float) -> int:
 class MobileNetV1(nn.Cell):
     """MobileNetV1; every layer is conv -> BN -> ReLU6, then global average pool and a dense head."""
 
-    def __init__(self, class_num: int = 1000, width_mult: float = 1.0, dropout: float = 0.0, norm=nn.BatchNorm2d):
+    def __init__(self, class_num: int = 1000, width_mult: float = 1.0, dropout: float = 0.0, norm=None):
         super().__init__()
         in_ch = _channels(STEM_CHANNELS, width_mult)
         layers = [conv_bn_act(3, in_ch, 3, 2, activation="relu6", norm=norm)]

@@ -65,7 +65,7 @@ class SqueezeExcite(nn.Cell):
 class InvertedResidual(nn.Cell):
     """Optional 1x1 expansion, depthwise conv, optional SE, linear 1x1 projection, residual when shapes match."""
 
-    def __init__(self, in_ch, kernel, exp_ch, out_ch, use_se, activation, stride, norm=nn.BatchNorm2d):
+    def __init__(self, in_ch, kernel, exp_ch, out_ch, use_se, activation, stride, norm=None):
         super().__init__()
         layers = []
         if exp_ch != in_ch:
@@ -88,7 +88,7 @@ class MobileNetV3(nn.Cell):
     """MobileNetV3 `arch` ("small" | "large") at `width_mult`; the 1024/1280 head is not scaled."""
 
     def __init__(self, arch: str = "small", class_num: int = 1000, width_mult: float = 1.0, dropout: float = 0.2,
-                 norm=nn.BatchNorm2d):
+                 norm=None):
         super().__init__()
         blocks, last_conv, head = ARCHS[arch]
         in_ch = make_divisible(STEM_CHANNELS * width_mult)

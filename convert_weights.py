@@ -1,0 +1,60 @@
+"""Convert ImageNet weights of timm, torchvision or the MindSpore model zoo into a checkpoint of this repository:
+python convert_weights.py --input mobilenetv3_large_100.safetensors --output mobilenet_v3_large_timm.ckpt
+
+The model, width and class count are recognised from the tensor names and shapes (--model / --width_mult narrow the
+search); the checkpoint records them with the source's BatchNorm epsilon, evaluation transform and class names, so
+train.py --pre_trained, eval.py, predict.py and export.py build the same network from it without further keys."""
+import argparse
+import os
+
+import src  # noqa: F401  (first: sets OpenMP's wait policy before MindSpore loads OpenMP, see src/__init__.py)
+from src.checkpoint import save_checkpoint  # noqa: E402  pylint: disable=wrong-import-order
+from src.convert import convert, imagenet_class_names, read_weights, recognise
+from src.errors import UserError
+from src.model_card import card_entries
+from src.model_utils.cli import log, run
+from src.models import MODELS
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(f"command line: {message}")
+
+
+def main():
+    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", required=True, help=".safetensors, .pth/.pt/.bin (needs torch) or .ckpt file")
+    parser.add_argument("--output", required=True, help="checkpoint to write (.ckpt)")
+    parser.add_argument("--model", default="", choices=("",) + tuple(MODELS), help="narrow recognition to this model")
+    parser.add_argument("--width_mult", type=float, default=0.0, help="narrow recognition to this width")
+    parser.add_argument("--class_num", type=int, default=0, help="check the file has this many classes")
+    parser.add_argument("--eval_resize", type=int, default=0,
+                        help="evaluation resize of the source (default: the source's usual one, e.g. 256; torchvision's "
+                             "MobileNetV3-large IMAGENET1K_V2 weights were measured with 232)")
+    args = parser.parse_args()
+    if not args.output.endswith(".ckpt"):
+        raise UserError(f"--output '{args.output}' must end in .ckpt")
+    tensors = read_weights(args.input)
+    source = recognise(tensors, args.input)
+    net, (model, width, classes), notes = convert(tensors, source, args.input, args.model, args.width_mult,
+                                                  args.class_num)
+    transform = {**source.eval_transform, **({"eval_resize": args.eval_resize} if args.eval_resize else {})}
+    card = {"model": model, "width_mult": width, "class_num": classes, "bn_eps": source.bn_eps, "image_size": 224,
+            **transform, "class_names": imagenet_class_names() if classes == 1000 else None,
+            "source": f"{source.name}: {os.path.basename(args.input)}"}
+    folder = os.path.dirname(os.path.abspath(args.output))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        save_checkpoint(net, args.output, card_entries(card))
+    except OSError as err:
+        raise UserError(f"--output '{args.output}' cannot be written: {err.strerror}") from err
+    for note in notes:
+        log(note)
+    log(f"converted {args.input} ({source.name}, {model} x{width:g}, {classes} classes, BatchNorm eps "
+        f"{source.bn_eps:g}) -> {args.output}; evaluation: shorter side {transform['eval_resize']} "
+        f"({transform['interpolation']}), centre crop 224")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

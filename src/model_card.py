@@ -1,0 +1,63 @@
+"""The model card: what a checkpoint holds, saved inside it as one JSON string entry, so that a checkpoint alone
+says which network to build (model, width, BatchNorm epsilon), how its images were evaluated (size, resize,
+interpolation) and the names of its classes.  Training writes it into every checkpoint; `convert_weights.py` writes
+the source's settings; `eval.py`, `predict.py`, `export.py` and `train.py --pre_trained` take them from it."""
+import json
+from typing import Optional, Sequence
+
+from src.errors import UserError
+from src.model_utils.cli import log
+
+CARD_ENTRY = "model_card"
+# what the network computes: a checkpoint's weights only reproduce their results with these
+ARCHITECTURE_KEYS = ("model", "width_mult", "bn_eps")
+# how its images are prepared and what its outputs mean
+EVALUATION_KEYS = ("class_num", "image_size", "eval_resize", "interpolation")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def make_card(config, class_names: Optional[Sequence[str]] = None, source: str = "") -> dict:
+    """The card of a network built from `config`, with `class_names` (None: unknown) and where the weights come
+    from (`source`)."""
+    card = {key: getattr(config, key) for key in ARCHITECTURE_KEYS + EVALUATION_KEYS}
+    card["class_names"] = list(class_names) if class_names else None
+    if source:
+        card["source"] = source
+    return card
+
+
+def card_entries(card: Optional[dict]) -> dict:
+    """The checkpoint entry holding `card` (for `save_checkpoint(..., append)`); {} for no card."""
+    return {CARD_ENTRY: json.dumps(card)} if card else {}
+
+
+def read_card(params: dict, path: str) -> dict:
+    """The card stored in a checkpoint's `params` ({} for a checkpoint without one)."""
+    if CARD_ENTRY not in params:
+        return {}
+    try:
+        card = json.loads(str(params[CARD_ENTRY]))
+    except ValueError as err:
+        raise UserError(f"checkpoint {path}: its {CARD_ENTRY} entry is not valid JSON ({err})") from err
+    if not isinstance(card, dict):
+        raise UserError(f"checkpoint {path}: its {CARD_ENTRY} entry is not a mapping")
+    return card
+
+
+def apply_card(config, card: dict, path: str, keys: Sequence[str]) -> None:
+    """Take the values of `keys` from `card` where they differ from the config, except for keys given on the command
+    line (the user's word wins: a model that does not fit then fails to load, naming the parameter); says what it
+    took."""
+    taken = []
+    for key in keys:
+        if key in card and key not in config.cli_keys and getattr(config, key) != card[key]:
+            setattr(config, key, card[key])
+            taken.append(f"{key}={card[key]}")
+    if taken:
+        log(f"checkpoint {path}: {', '.join(taken)} from its model card")
+
+
+def class_names(card: dict, class_num: int) -> list:
+    """The card's class names when it has `class_num` of them, else the class indices as text."""
+    names = card.get("class_names") or []
+    return list(names) if len(names) == class_num else [str(index) for index in range(class_num)]
