@@ -9,20 +9,15 @@ import os
 
 import src  # noqa: F401  (first: sets OpenMP's wait policy before MindSpore loads OpenMP, see src/__init__.py)
 from src.checkpoint import save_checkpoint  # noqa: E402  pylint: disable=wrong-import-order
-from src.convert import convert, imagenet_class_names, read_weights, recognise
+from src.convert import convert, read_weights, recognise
 from src.errors import UserError
-from src.model_card import card_entries
-from src.model_utils.cli import log, run
+from src.model_card import card_entries, imagenet_class_names
+from src.model_utils.cli import ArgumentParser, log, run
 from src.models import MODELS
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(f"command line: {message}")
-
-
 def main():
-    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help=".safetensors, .pth/.pt/.bin (needs torch) or .ckpt file")
     parser.add_argument("--output", required=True, help="checkpoint to write (.ckpt)")
     parser.add_argument("--model", default="", choices=("",) + tuple(MODELS), help="narrow recognition to this model")

@@ -26,7 +26,6 @@ WEIGHT_LEAVES = ("weight", "bias")
 NOT_WEIGHTS = re.compile(r"^(moments|mean_square|moment|accum|rank_statistics)\.|^(global_step|learning_rate|momentum|"
                          r"epoch_num|step_num|top_1_accuracy|model_card)$|\.num_batches_tracked$")
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")
-IMAGENET_CLASSES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "imagenet_classes.txt")
 
 
 @dataclass(frozen=True)
@@ -276,9 +275,3 @@ def convert(tensors: dict, source: Source, path: str, model: str = "", width_mul
         return net, (name, width, classes), notes
     wanted = f"{model or 'any model'} at width {width_mult:g}" if width_mult else (model or "any of our models")
     raise UserError(f"{path} ({source.name}) fits {wanted} nowhere: closest is {best[1]}, where {best[2]}")
-
-
-def imagenet_class_names() -> list:
-    """The 1,000 ImageNet-1k class names in label order (torchvision's list)."""
-    with open(IMAGENET_CLASSES, encoding="utf-8") as names:
-        return [line.rstrip("\n") for line in names]

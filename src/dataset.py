@@ -63,10 +63,10 @@ def create_dataset(config, do_train: bool, rank_id: int = 0, rank_size: int = 1)
         ds.config.set_seed(config.seed)  # the shuffle: the same on every rank, which takes its share of it
     if config.dataset == "cifar10":
         data = _cifar10_source(config, key, path, do_train, rank_id, rank_size)
-        operations = _cifar10_transforms(config, do_train)
+        operations = _cifar10_transforms(config, do_train) if do_train else eval_transforms(config)
     else:
         data = _image_folder_source(config, key, path, do_train, rank_id, rank_size, workers)
-        operations = _imagenet_transforms(config, do_train)
+        operations = _imagenet_transforms(config, do_train) if do_train else eval_transforms(config)
     if do_train:  # the augmentations: each rank its own (read when the pipeline starts)
         numpy_state, python_state = np.random.get_state(), random.getstate()
         ds.config.set_seed(config.seed + rank_id)
@@ -76,6 +76,12 @@ def create_dataset(config, do_train: bool, rank_id: int = 0, rank_size: int = 1)
     data = data.map(operations, input_columns="image", num_parallel_workers=workers)
     data = data.map(transforms.TypeCast(ms.int32), input_columns="label", num_parallel_workers=workers)
     return data.batch(config.batch_size, drop_remainder=do_train)
+
+
+def eval_transforms(config) -> list:
+    """The evaluation transform of `config`'s data set: decoded HWC uint8 images (CIFAR-10: 32x32) to normalised float32
+    CHW, the operations `create_dataset` maps for evaluation."""
+    return _cifar10_transforms(config, False) if config.dataset == "cifar10" else _imagenet_transforms(config, False)
 
 
 def dataset_class_names(config) -> Optional[list]:

@@ -1,9 +1,14 @@
-"""The model card: what a checkpoint holds, saved inside it as one JSON string entry, so that a checkpoint alone
+"""The model card: what a checkpoint holds, saved inside it as one entry (JSON text as a uint8 tensor, so that every
+reader of checkpoint entries sees tensors only), so that a checkpoint alone
 says which network to build (model, width, BatchNorm epsilon), how its images were evaluated (size, resize,
 interpolation) and the names of its classes.  Training writes it into every checkpoint; `convert_weights.py` writes
 the source's settings; `eval.py`, `predict.py`, `export.py` and `train.py --pre_trained` take them from it."""
 import json
+import os
 from typing import Optional, Sequence
+
+import numpy as np
+from mindspore import Tensor
 
 from src.errors import UserError
 from src.model_utils.cli import log
@@ -13,6 +18,7 @@ CARD_ENTRY = "model_card"
 ARCHITECTURE_KEYS = ("model", "width_mult", "bn_eps")
 # how its images are prepared and what its outputs mean
 EVALUATION_KEYS = ("class_num", "image_size", "eval_resize", "interpolation")
+IMAGENET_CLASSES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "imagenet_classes.txt")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
@@ -28,7 +34,7 @@ def make_card(config, class_names: Optional[Sequence[str]] = None, source: str =
 
 def card_entries(card: Optional[dict]) -> dict:
     """The checkpoint entry holding `card` (for `save_checkpoint(..., append)`); {} for no card."""
-    return {CARD_ENTRY: json.dumps(card)} if card else {}
+    return {CARD_ENTRY: Tensor(np.frombuffer(json.dumps(card).encode(), np.uint8))} if card else {}
 
 
 def read_card(params: dict, path: str) -> dict:
@@ -36,8 +42,8 @@ def read_card(params: dict, path: str) -> dict:
     if CARD_ENTRY not in params:
         return {}
     try:
-        card = json.loads(str(params[CARD_ENTRY]))
-    except ValueError as err:
+        card = json.loads(params[CARD_ENTRY].asnumpy().astype(np.uint8).tobytes().decode())
+    except (ValueError, AttributeError) as err:
         raise UserError(f"checkpoint {path}: its {CARD_ENTRY} entry is not valid JSON ({err})") from err
     if not isinstance(card, dict):
         raise UserError(f"checkpoint {path}: its {CARD_ENTRY} entry is not a mapping")
@@ -57,7 +63,16 @@ def apply_card(config, card: dict, path: str, keys: Sequence[str]) -> None:
         log(f"checkpoint {path}: {', '.join(taken)} from its model card")
 
 
+def imagenet_class_names() -> list:
+    """The 1,000 ImageNet-1k class names in label order (torchvision's list)."""
+    with open(IMAGENET_CLASSES, encoding="utf-8") as names:
+        return [line.rstrip("\n") for line in names]
+
+
 def class_names(card: dict, class_num: int) -> list:
-    """The card's class names when it has `class_num` of them, else the class indices as text."""
+    """The card's class names when it has `class_num` of them, else ImageNet-1k's for 1,000 classes, else the class
+    indices as text."""
     names = card.get("class_names") or []
-    return list(names) if len(names) == class_num else [str(index) for index in range(class_num)]
+    if len(names) == class_num:
+        return list(names)
+    return imagenet_class_names() if class_num == 1000 else [str(index) for index in range(class_num)]

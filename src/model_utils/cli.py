@@ -1,9 +1,19 @@
 """Entry-script plumbing: one-line errors for user mistakes, rank-aware log lines."""
+import argparse
 import sys
 
 from src.errors import UserError
 
 _RANK_PREFIX = [""]
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """`argparse` whose command-line mistakes are `UserError`s (one line, exit 2) instead of its usage text."""
+
+    error_type = UserError
+
+    def error(self, message):
+        raise self.error_type(f"command line: {message}")
 
 
 def set_log_rank(rank: int, group_size: int) -> None:

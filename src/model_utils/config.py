@@ -12,6 +12,7 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from src.errors import UserError
+from src.model_utils.cli import ArgumentParser
 from src.models import MODELS
 
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -259,9 +260,8 @@ def validate(values: dict, source: str) -> None:
                           f"(epoch_size {values['epoch_size']})")
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):
-        raise ConfigError(f"command line: {message}")
+class _ArgumentParser(ArgumentParser):
+    error_type = ConfigError
 
 
 def _build_parser(description: str) -> argparse.ArgumentParser:
