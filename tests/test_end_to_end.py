@@ -9,8 +9,10 @@ import sys
 import mindspore as ms
 import numpy as np
 import pytest
+from PIL import Image
 
 from src.demo_data import cifar10_records
+from src.model_card import read_card
 from src.lr_generator import get_lr
 from src.model_utils.config import ROOT_DIR
 
@@ -65,13 +67,19 @@ def test_training_writes_checkpoints_metrics_and_logs(trained):
     state = weights(os.path.join(ckpt_dir, "mobilenet_v1-3_44.ckpt"))
     assert int(state["global_step"].reshape(-1)[0]) == 132 and int(state["epoch_num"]) == 3
     assert any(name.startswith("moments.") for name in state)  # optimizer state travels with the weights
+    # the model card: a checkpoint says what it is; the class names are the demo data's batches.meta.txt
+    card = read_card(ms.load_checkpoint(os.path.join(ckpt_dir, "mobilenet_v1_best.ckpt")), "best")
+    assert card == {"model": "mobilenet_v1", "width_mult": 0.25, "bn_eps": 1e-3, "class_num": 10, "image_size": 32,
+                    "eval_resize": 0, "interpolation": "bilinear", "class_names": [str(d) for d in range(10)]}
+    with open(os.path.join(out, "metrics.png"), "rb") as picture:
+        assert picture.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def test_eval_scores_best_checkpoint(trained, tmp_path):
     best = os.path.join(trained["out"], "ckpt_0", "mobilenet_v1_best.ckpt")
     result_file = tmp_path / "result.json"
     proc = run_script("eval.py", *FAST, "--dataset_path", trained["data"], "--checkpoint_path", best,
-                      "--result_file", result_file)
+                      "--result_file", result_file, "--confusion_matrix", tmp_path / "confusion.png")
     line = re.search(r"^result: \{'top_1_accuracy': ([\d.]+), 'top_5_accuracy': ([\d.]+), 'loss': ([\d.]+)\} "
                      r"ckpt=(.+)$", proc.stdout, re.MULTILINE)
     assert line and line.group(4) == best
@@ -80,6 +88,16 @@ def test_eval_scores_best_checkpoint(trained, tmp_path):
     best_epoch_top1 = max(float(r["top_1_accuracy"]) for r in read_metrics(trained["out"]))
     assert result["top_1_accuracy"] == pytest.approx(best_epoch_top1, abs=1e-6)
     assert result["top_1_accuracy"] * 360 == pytest.approx(round(result["top_1_accuracy"] * 360), abs=1e-6)
+    # the confusion matrix (counts as CSV beside the picture) and the per-class table agree with the accuracy
+    with open(tmp_path / "confusion.csv", newline="", encoding="utf-8") as src:
+        rows = list(csv.reader(src))
+    assert rows[0] == ["true \\ predicted"] + [str(d) for d in range(10)]
+    counts = np.array([[int(v) for v in row[1:]] for row in rows[1:]])
+    assert counts.sum() == 360 and np.trace(counts) == round(result["top_1_accuracy"] * 360)
+    assert [(c["class"], c["images"]) for c in result["per_class"]] == [(str(d), counts[d].sum()) for d in range(10)]
+    assert [c["top_1_accuracy"] for c in result["per_class"]] == pytest.approx(counts.diagonal() / counts.sum(1))
+    assert (tmp_path / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert "\r" not in proc.stderr  # no progress line when stderr is not a terminal
 
 
 @pytest.mark.parametrize("file_format,suffix", [("MINDIR", ".mindir"), ("ONNX", ".onnx")])
@@ -91,6 +109,46 @@ def test_export_reloads_with_same_output(trained, tmp_path, file_format, suffix)
     assert "input 1x3x32x32" in proc.stdout
     difference = re.search(r"max abs difference from the checkpoint's network ([\d.e+-]+)", proc.stdout)
     assert difference and float(difference.group(1)) < 1e-4
+
+
+def test_predict_agrees_with_eval_and_with_the_exported_models(trained, tmp_path):
+    """The 360 test digits as PNG files (lossless) in class folders, plus a file that is no image: predict.py's top-1
+    scores what eval.py scores on the CIFAR files, the undecodable file is skipped by name, and the MINDIR and ONNX
+    files export.py writes give the checkpoint's probabilities."""
+    raw = np.fromfile(os.path.join(trained["data"], "test_batch.bin"), np.uint8).reshape(-1, 3073)
+    images = tmp_path / "images"
+    for index, record in enumerate(raw):
+        folder = images / str(record[0])
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(record[1:].reshape(3, 32, 32).transpose(1, 2, 0)).save(folder / f"{index:04d}.png")
+    (images / "notes.png").write_bytes(b"not an image")
+    best = os.path.join(trained["out"], "ckpt_0", "mobilenet_v1_best.ckpt")
+    proc = run_script("predict.py", *FAST, "--checkpoint_path", best, "--image", images, "--top_k", 3,
+                      "--result_file", tmp_path / "checkpoint.json")
+    assert f"WARNING: {images / 'notes.png'}: skipped, cannot decode it as an image" in proc.stderr
+    assert f"predicted 360 of 361 images with {best}" in proc.stdout
+    predicted = json.loads((tmp_path / "checkpoint.json").read_text())
+    assert len(predicted) == 360 and all(len(p["top"]) == 3 for p in predicted)
+    top1 = np.mean([p["top"][0]["name"] == os.path.basename(os.path.dirname(p["image"])) for p in predicted])
+    evaluated = run_script("eval.py", *FAST, "--dataset_path", trained["data"], "--checkpoint_path", best)
+    assert float(re.search(r"'top_1_accuracy': ([\d.]+)", evaluated.stdout).group(1)) == pytest.approx(top1, abs=1e-9)
+    some = images / "7"
+    for file_format, suffix in (("MINDIR", ".mindir"), ("ONNX", ".onnx")):
+        run_script("export.py", *FAST, "--ckpt_file", best, "--file_name", tmp_path / "net", "--file_format",
+                   file_format)
+        run_script("predict.py", *FAST, "--model_file", tmp_path / f"net{suffix}", "--image", some, "--top_k", 10,
+                   "--result_file", tmp_path / f"{file_format}.csv")
+        with open(tmp_path / f"{file_format}.csv", newline="", encoding="utf-8") as src:
+            exported = {(row["image"], row["name"]): float(row["probability"]) for row in csv.DictReader(src)}
+        reference = {(p["image"], c["name"]): c["probability"] for p in predicted if p["image"].startswith(str(some))
+                     for c in p["top"]}
+        assert len(exported) == 10 * len(os.listdir(some)) and all(abs(exported[key] - value) < 1e-4 for key, value in reference.items())
+
+
+def test_plot_metrics_overlays_runs(trained, tmp_path):
+    proc = run_script("plot_metrics.py", trained["out"], trained["out"], "--output", tmp_path / "both.png")
+    assert f"wrote {tmp_path / 'both.png'}" in proc.stdout
+    assert (tmp_path / "both.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_resume_continues_steps_lr_and_weights_exactly(trained, tmp_path):
