@@ -9,11 +9,21 @@ import os
 
 import src  # noqa: F401  (first: sets OpenMP's wait policy before MindSpore loads OpenMP, see src/__init__.py)
 from src.checkpoint import save_checkpoint  # noqa: E402  pylint: disable=wrong-import-order
-from src.convert import convert, read_weights, recognise
+from src.convert import TIMM_V1_TRANSFORM, convert, read_weights, recognise
 from src.errors import UserError
 from src.model_card import card_entries, imagenet_class_names
 from src.model_utils.cli import ArgumentParser, log, run
 from src.models import MODELS
+
+
+def _three_floats(text):
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers, got '{text}'")
+    return values
 
 
 def main():
@@ -24,8 +34,11 @@ def main():
     parser.add_argument("--width_mult", type=float, default=0.0, help="narrow recognition to this width")
     parser.add_argument("--class_num", type=int, default=0, help="check the file has this many classes")
     parser.add_argument("--eval_resize", type=int, default=0,
-                        help="evaluation resize of the source (default: the source's usual one, e.g. 256; torchvision's "
-                             "MobileNetV3-large IMAGENET1K_V2 weights were measured with 232)")
+                        help="evaluation resize the weights were measured with (default: the source's usual one, e.g. "
+                             "256; torchvision's MobileNetV3-large IMAGENET1K_V2: 232; timm's ra4 weights: 235)")
+    parser.add_argument("--image_mean", type=_three_floats, default=None,
+                        help="normalisation mean, e.g. 0.5,0.5,0.5 (timm's ra4 weights); default ImageNet's")
+    parser.add_argument("--image_std", type=_three_floats, default=None, help="normalisation std, as --image_mean")
     args = parser.parse_args()
     if not args.output.endswith(".ckpt"):
         raise UserError(f"--output '{args.output}' must end in .ckpt")
@@ -33,7 +46,8 @@ def main():
     source = recognise(tensors, args.input)
     net, (model, width, classes), notes = convert(tensors, source, args.input, args.model, args.width_mult,
                                                   args.class_num)
-    transform = {**source.eval_transform, **({"eval_resize": args.eval_resize} if args.eval_resize else {})}
+    transform = TIMM_V1_TRANSFORM if source.name == "timm" and model == "mobilenet_v1" else source.eval_transform
+    transform = {**transform, **{key: value for key, value in vars(args).items() if key in transform and value}}
     card = {"model": model, "width_mult": width, "class_num": classes, "bn_eps": source.bn_eps, "image_size": 224,
             **transform, "class_names": imagenet_class_names() if classes == 1000 else None,
             "source": f"{source.name}: {os.path.basename(args.input)}"}
@@ -47,7 +61,7 @@ def main():
         log(note)
     log(f"converted {args.input} ({source.name}, {model} x{width:g}, {classes} classes, BatchNorm eps "
         f"{source.bn_eps:g}) -> {args.output}; evaluation: shorter side {transform['eval_resize']} "
-        f"({transform['interpolation']}), centre crop 224")
+        f"({transform['interpolation']}), centre crop 224, mean {transform['image_mean']}, std {transform['image_std']}")
     return 0
 
 

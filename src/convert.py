@@ -26,6 +26,11 @@ WEIGHT_LEAVES = ("weight", "bias")
 NOT_WEIGHTS = re.compile(r"^(moments|mean_square|moment|accum|rank_statistics)\.|^(global_step|learning_rate|momentum|"
                          r"epoch_num|step_num|top_1_accuracy|model_card)$|\.num_batches_tracked$")
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+EVAL_TRANSFORM = {"eval_resize": 256, "interpolation": "bilinear", "image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD}
+# timm's MobileNetV1 weights (mobilenetv1_100.ra4_e3600_r224_in1k, the only ones) were measured with crop_pct 0.95
+# and mean = std = 0.5; its MobileNetV3 ones (lamb_in1k, ra_in1k) with crop_pct 0.875 and ImageNet's statistics
+TIMM_V1_TRANSFORM = {"eval_resize": 235, "interpolation": "bicubic", "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
 
 
 @dataclass(frozen=True)
@@ -37,7 +42,7 @@ class Source:
     recognise: Callable[[set], bool]
     orders: Sequence[Sequence[str]] = ()
     bn_eps: float = 1e-3
-    eval_transform: dict = field(default_factory=lambda: {"eval_resize": 256, "interpolation": "bilinear"})
+    eval_transform: dict = field(default_factory=lambda: dict(EVAL_TRANSFORM))
     refuse: Callable[[set, dict], Optional[str]] = lambda names, tensors: None
 
 
@@ -72,7 +77,7 @@ SOURCES = (
                    ("conv_pw", "bn1", "conv_dw", "bn2", "se", "conv_pwl", "bn3"),  # inverted residual
                    ("conv", "bn1"),  # the last 1x1 convolution
                    ("conv_reduce", "conv_expand")),
-           bn_eps=1e-5, eval_transform={"eval_resize": 256, "interpolation": "bicubic"}),
+           bn_eps=1e-5, eval_transform={**EVAL_TRANSFORM, "interpolation": "bicubic"}),
     Source("torchvision", lambda names: "features.0.1.running_mean" in names, orders=(("features", "classifier"),)),
     Source("the model zoo", lambda names: "network.0.0.weight" in names or "output.weight" in names,
            orders=(("expand", "conv1", "se", "conv2"), ("conv", "bn"), ("conv1", "conv2"), ("features", "output")),
@@ -166,7 +171,8 @@ def _forward_order(prefixes, orders):
         named = {child for child in node if not child.isdigit()}
         order = next((list(o) for o in orders if named <= set(o)), sorted(named))
         for child in sorted(node, key=lambda c: (0, int(c), "") if c.isdigit() else (1, order.index(c), c)):
-            yield from walk(node[child], path + [child]) if node[child] else [".".join(path + [child])]
+            yield ".".join(path + [child])
+            yield from walk(node[child], path + [child])
 
     return [prefix for prefix in walk(tree, []) if prefix in prefixes]
 

@@ -34,8 +34,6 @@ CIFAR_META_FILE = "batches.meta.txt"
 # The official zoo's CIFAR-10 statistics, so that its CIFAR-10 checkpoints evaluate as they were trained.
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_TRAIN_FOLDERS = ("train",)
 IMAGENET_EVAL_FOLDERS = ("val", "validation_preprocess")
 # MindSpore's ImageFolderDataset matches extensions case-sensitively.
@@ -222,7 +220,7 @@ def _imagenet_transforms(config, do_train):
             operations.append(vision.RandomColorAdjust(brightness=jitter, contrast=jitter, saturation=jitter))
     else:
         operations = eval_resize_crop(config)
-    return operations + _normalize(IMAGENET_MEAN, IMAGENET_STD)
+    return operations + _normalize(config.image_mean, config.image_std)
 
 
 def eval_resize_crop(config) -> list:

@@ -17,7 +17,7 @@ CARD_ENTRY = "model_card"
 # what the network computes: a checkpoint's weights only reproduce their results with these
 ARCHITECTURE_KEYS = ("model", "width_mult", "bn_eps")
 # how its images are prepared and what its outputs mean
-EVALUATION_KEYS = ("class_num", "image_size", "eval_resize", "interpolation")
+EVALUATION_KEYS = ("class_num", "image_size", "eval_resize", "interpolation", "image_mean", "image_std")
 IMAGENET_CLASSES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "imagenet_classes.txt")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 

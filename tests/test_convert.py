@@ -157,6 +157,25 @@ def _torch_installed():
     return importlib.util.find_spec("torch") is not None
 
 
+def test_timm_mobilenet_v1_records_its_own_transform_and_options_override_it(tmp_path):
+    """timm's only MobileNetV1 weights were measured with crop 0.95 (shorter side 235) and mean = std = 0.5."""
+    source = write_source_file("timm_mobilenetv1_100", str(tmp_path))
+    out = str(tmp_path / "v1.ckpt")
+    assert run_script("convert_weights.py", "--input", source, "--output", out).returncode == 0
+    card = read_card(read_checkpoint(out), out)
+    assert (card["eval_resize"], card["interpolation"], card["image_mean"], card["image_std"]) == (
+        235, "bicubic", [0.5] * 3, [0.5] * 3)
+    result = run_script("convert_weights.py", "--input", source, "--output", out, "--eval_resize", "256",
+                        "--image_mean", "0.485,0.456,0.406", "--model", "mobilenet_v1")
+    assert "centre crop 224, mean [0.485, 0.456, 0.406], std [0.5, 0.5, 0.5]" in result.stdout
+    assert read_card(read_checkpoint(out), out)["eval_resize"] == 256
+    assert_user_error(run_script("convert_weights.py", "--input", source, "--output", out, "--model",
+                                 "mobilenet_v3_small"), re.escape("fits mobilenet_v3_small nowhere: closest is"))
+    assert_user_error(run_script("convert_weights.py", "--input", source, "--output", out, "--image_std", "0.5"),
+                      re.escape("command line: argument --image_std: expected three comma-separated numbers, got "
+                                "'0.5'"))
+
+
 def test_convert_weights_writes_a_checkpoint_that_eval_and_export_take_as_it_is(tmp_path):
     """The command end to end on timm weights: the checkpoint holds the model card (model, width, epsilon 1e-5, the
     source's evaluation transform, class names) and export.py rebuilds the exact network from it alone."""

@@ -209,10 +209,10 @@ class FakeModel:
     def __init__(self, clock):
         self.clock, self.sink_modes = clock, []
 
-    def eval(self, _dataset, dataset_sink_mode):
+    def eval(self, _dataset, callbacks, dataset_sink_mode):
         self.sink_modes.append(dataset_sink_mode)
         self.clock.now += 100.0
-        return {"sums": np.array([180, 324, 450.0, 360])}
+        return {"sums": (np.array([180, 324, 450.0, 360]), np.zeros((10, 10), np.int64))}
 
 
 def train_like_loop_sink(callbacks, recorder, epochs, sink_steps, step_losses, clock, seconds_per_step=0.5,
@@ -282,7 +282,7 @@ def test_sink_mode_logs_and_metrics_count_every_step(clock, tmp_path, capsys):
     train_like_loop_sink(callbacks, recorder, 4, sink_steps, step_losses, clock)
     out = capsys.readouterr().out
     assert model.sink_modes == [False, False]  # evaluation never sinks (item 6)
-    assert sorted(os.listdir(tmp_path)) == ["metrics.csv", "net-1_8.ckpt", "net-2_8.ckpt"]
+    assert sorted(os.listdir(tmp_path)) == ["metrics.csv", "metrics.png", "net-1_8.ckpt", "net-2_8.ckpt"]
     rows = read_rows(metrics_path)
     assert [(row["epoch"], row["global_step"]) for row in rows] == [("1", "8"), ("2", "16")]
     for epoch, row in enumerate(rows):

@@ -58,6 +58,9 @@ SCHEMA = {
     "eval_resize": _f("int", 0, "ImageNet evaluation: shorter side resized to this before the centre crop of "
                       "image_size; 0 = image_size / 0.875", min=0),
     "interpolation": _f("str", "bilinear", "ImageNet evaluation resize interpolation", choices=("bilinear", "bicubic")),
+    "image_mean": _f("list[float]", [0.485, 0.456, 0.406], "ImageNet-style data: per-channel mean (0..1) subtracted"),
+    "image_std": _f("list[float]", [0.229, 0.224, 0.225], "ImageNet-style data: per-channel std (0..1) divided by",
+                    min=0, min_exclusive=True),
     # optimisation
     "epoch_size": _f("int", 90, "training epochs", min=1),
     "optimizer": _f("str", "momentum", "optimizer", choices=("momentum", "rmsprop")),
@@ -253,6 +256,9 @@ def validate(values: dict, source: str) -> None:
         raise ConfigError(f"{source}: key 'sync_bn' needs device_target Ascend and run_distribute true (MindSpore "
                           f"2.10's nn.SyncBatchNorm supports Ascend only); got device_target "
                           f"{values['device_target']}, run_distribute {values['run_distribute']}")
+    for key in ("image_mean", "image_std"):
+        if len(values[key]) != 3:
+            raise ConfigError(f"{source}: key '{key}' needs 3 values (R, G, B); got {values[key]}")
     if values["sink_size"] == 0:
         raise ConfigError(f"{source}: key 'sink_size' must be -1 (the whole epoch) or a number of steps >= 1; got 0")
     if values["warmup_epochs"] > values["epoch_size"]:
