@@ -1,7 +1,7 @@
 """Draw the training curves of finished runs: python plot_metrics.py RUN_DIR [RUN_DIR ...] [--output FILE.png]
 
 Each RUN_DIR is a training output folder (its metrics.csv); several are overlaid to compare them.  Training draws
-the same figure as RUN_DIR/metrics.png at every epoch end."""
+the same figure as RUN_DIR/metrics.png as it goes."""
 import argparse
 import os
 

@@ -18,6 +18,7 @@ from src.model_utils.cli import log
 from src.plots import plot_metrics
 from src.training import evaluate
 
+PLOT_SECONDS = 30.0
 METRIC_FIELDS = ("epoch", "global_step", "loss", "lr", "epoch_seconds", "images_per_second",
                  "top_1_accuracy", "top_5_accuracy", "eval_loss")
 
@@ -154,7 +155,7 @@ class EvalMonitor(Callback):
 class TrainMonitor(Callback):
     """Logs in the model zoo's format (`epoch: 1 step: 10, loss is 2.30`, `Epoch time: ..., per step time: ...`)
     plus learning rate, images/s and time left; appends a row per epoch to `metrics_path` and redraws `metrics.png`
-    beside it.  `lr` holds the per-step rates of the whole run.
+    beside it (at most every `PLOT_SECONDS`, and after the last epoch).  `lr` holds the per-step rates of the whole run.
 
     MindSpore calls `on_train_step_end` once per step, or once per sink of several steps with data sink; every
     figure here is computed from the steps each call covers.  Losses come from `recorder` (a `LossRecorder`: the
@@ -169,6 +170,7 @@ class TrainMonitor(Callback):
         self.progress, self.recorder, self.skipped_steps = progress, recorder, skipped_steps
         self.lr, self.images_per_step, self.log_interval = lr, images_per_step, log_interval
         self.total_epochs, self.metrics_path = total_epochs, metrics_path
+        self.drawn_at = -math.inf
         self.last_step, self.skipped_total = progress.start_step, skipped_steps() if skipped_steps else 0
         self.epoch_seconds, self.epoch_start, self.last_step_time = [], None, 0.0
         self.epoch = {"loss_sum": 0.0, "finite": 0, "steps": 0, "skipped": 0}
@@ -233,8 +235,11 @@ class TrainMonitor(Callback):
                 "top_5_accuracy": _fmt(result.get("top_5_accuracy")),
                 "eval_loss": _fmt(result.get("loss")),
             })
-            run_dir = os.path.dirname(self.metrics_path)
-            plot_metrics([run_dir], os.path.join(run_dir, "metrics.png"))
+            # drawing takes ~0.4 s: on short epochs (the demo's are 3 s) at most every PLOT_SECONDS, and at the end
+            if time.time() - self.drawn_at >= PLOT_SECONDS or epoch == self.total_epochs:
+                run_dir = os.path.dirname(self.metrics_path)
+                plot_metrics([run_dir], os.path.join(run_dir, "metrics.png"))
+                self.drawn_at = time.time()
 
     def _append_row(self, row: dict) -> None:
         new = not os.path.exists(self.metrics_path)
