@@ -61,7 +61,8 @@ def main():
         log(note)
     log(f"converted {args.input} ({source.name}, {model} x{width:g}, {classes} classes, BatchNorm eps "
         f"{source.bn_eps:g}) -> {args.output}; evaluation: shorter side {transform['eval_resize']} "
-        f"({transform['interpolation']}), centre crop 224, mean {transform['image_mean']}, std {transform['image_std']}")
+        f"({transform['interpolation']}), centre crop 224, mean {transform['image_mean']}, "
+        f"std {transform['image_std']}")
     return 0
 
 

@@ -155,7 +155,8 @@ class EvalMonitor(Callback):
 class TrainMonitor(Callback):
     """Logs in the model zoo's format (`epoch: 1 step: 10, loss is 2.30`, `Epoch time: ..., per step time: ...`)
     plus learning rate, images/s and time left; appends a row per epoch to `metrics_path` and redraws `metrics.png`
-    beside it (at most every `PLOT_SECONDS`, and after the last epoch).  `lr` holds the per-step rates of the whole run.
+    beside it (at most every `PLOT_SECONDS`, and after the last epoch).  `lr` holds the per-step rates of the whole
+    run.
 
     MindSpore calls `on_train_step_end` once per step, or once per sink of several steps with data sink; every
     figure here is computed from the steps each call covers.  Losses come from `recorder` (a `LossRecorder`: the

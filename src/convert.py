@@ -27,7 +27,8 @@ NOT_WEIGHTS = re.compile(r"^(moments|mean_square|moment|accum|rank_statistics)\.
                          r"epoch_num|step_num|top_1_accuracy|model_card)$|\.num_batches_tracked$")
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-EVAL_TRANSFORM = {"eval_resize": 256, "interpolation": "bilinear", "image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD}
+EVAL_TRANSFORM = {"eval_resize": 256, "interpolation": "bilinear", "image_mean": IMAGENET_MEAN,
+                  "image_std": IMAGENET_STD}
 # timm's MobileNetV1 weights (mobilenetv1_100.ra4_e3600_r224_in1k, the only ones) were measured with crop_pct 0.95
 # and mean = std = 0.5; its MobileNetV3 ones (lamb_in1k, ra_in1k) with crop_pct 0.875 and ImageNet's statistics
 TIMM_V1_TRANSFORM = {"eval_resize": 235, "interpolation": "bicubic", "image_mean": [0.5] * 3, "image_std": [0.5] * 3}

@@ -134,8 +134,8 @@ def build_model(config, net, loss_fn=None, optimizer=None, precision: Precision 
                 "source rewrite fails on these networks)")
             amp_level = "O0"  # applied above; `Model` must not convert again
         kwargs = {"amp_level": amp_level, "loss_scale_manager": precision.loss_scale_manager}
-    model = Model(net, loss_fn=loss_fn, optimizer=optimizer, metrics={"sums": EvalSums(config.class_num)}, eval_network=eval_net,
-                  **kwargs)
+    model = Model(net, loss_fn=loss_fn, optimizer=optimizer, metrics={"sums": EvalSums(config.class_num)},
+                  eval_network=eval_net, **kwargs)
     if kwargs.get("amp_level") == "O2":  # O2 keeps BatchNorm2d in float32 (amp.py AMP_BLACK_LIST), not SyncBatchNorm
         for _, cell in net.cells_and_names():
             if isinstance(cell, nn.SyncBatchNorm):

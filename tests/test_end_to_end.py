@@ -143,7 +143,8 @@ def test_predict_agrees_with_eval_and_with_the_exported_models(trained, tmp_path
             exported = {(row["image"], row["name"]): float(row["probability"]) for row in csv.DictReader(src)}
         reference = {(p["image"], c["name"]): c["probability"] for p in predicted if p["image"].startswith(str(some))
                      for c in p["top"]}
-        assert len(exported) == 10 * len(os.listdir(some)) and all(abs(exported[key] - value) < 1e-4 for key, value in reference.items())
+        assert len(exported) == 10 * len(os.listdir(some))
+        assert all(abs(exported[key] - value) < 1e-4 for key, value in reference.items())
 
 
 def test_plot_metrics_overlays_runs(trained, tmp_path):

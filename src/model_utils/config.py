@@ -105,7 +105,8 @@ SCHEMA = {
     # evaluation
     "checkpoint_path": _f("str", "", "checkpoint to evaluate"),
     "result_file": _f("str", "", "eval.py writes its result as JSON here; predict.py as CSV or JSON (by extension)"),
-    "confusion_matrix": _f("str", "", "eval.py draws the confusion matrix as this PNG (and writes it as CSV beside it)"),
+    "confusion_matrix": _f("str", "", "eval.py draws the confusion matrix as this PNG (and writes it as CSV "
+                           "beside it)"),
     # prediction
     "image": _f("str", "", "predict.py: an image file, or a folder searched recursively"),
     "model_file": _f("str", "", "predict.py: an exported .mindir or .onnx file instead of a checkpoint"),
