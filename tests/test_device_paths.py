@@ -12,7 +12,7 @@ import mindspore.nn as nn
 import mindspore.ops as ops
 import numpy as np
 import pytest
-from mindspore.amp import DynamicLossScaleManager, FixedLossScaleManager, auto_mixed_precision, build_train_network
+from mindspore.amp import FixedLossScaleManager, auto_mixed_precision, build_train_network
 from mindspore.train import Model
 from mindspore.train.callback import RunContext, _InternalCallbackParam
 
