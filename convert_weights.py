@@ -9,7 +9,7 @@ import os
 
 import src  # noqa: F401  (first: sets OpenMP's wait policy before MindSpore loads OpenMP, see src/__init__.py)
 from src.checkpoint import save_checkpoint  # noqa: E402  pylint: disable=wrong-import-order
-from src.convert import TIMM_V1_TRANSFORM, convert, read_weights, recognise
+from src.convert import convert, evaluation_transform, read_weights, recognise
 from src.errors import UserError
 from src.model_card import card_entries, imagenet_class_names
 from src.model_utils.cli import ArgumentParser, log, run
@@ -46,8 +46,7 @@ def main():
     source = recognise(tensors, args.input)
     net, (model, width, classes), notes = convert(tensors, source, args.input, args.model, args.width_mult,
                                                   args.class_num)
-    transform = TIMM_V1_TRANSFORM if source.name == "timm" and model == "mobilenet_v1" else source.eval_transform
-    transform = {**transform, **{key: value for key, value in vars(args).items() if key in transform and value}}
+    transform = evaluation_transform(source, model, vars(args))
     card = {"model": model, "width_mult": width, "class_num": classes, "bn_eps": source.bn_eps, "image_size": 224,
             **transform, "class_names": imagenet_class_names() if classes == 1000 else None,
             "source": f"{source.name}: {os.path.basename(args.input)}"}

@@ -251,6 +251,13 @@ def _fit(param, tensors, name, index):
     return {param.name: value}
 
 
+def evaluation_transform(source: Source, model: str, overrides: dict) -> dict:
+    """The evaluation transform the converted weights were measured with (`eval_resize`, `interpolation`,
+    `image_mean`, `image_std`): the source's, timm's MobileNetV1 its own, with the non-empty `overrides` applied."""
+    transform = TIMM_V1_TRANSFORM if source.name == "timm" and model == "mobilenet_v1" else source.eval_transform
+    return {**transform, **{key: value for key, value in overrides.items() if key in transform and value}}
+
+
 def candidates(model: str = "", width_mult: float = 0.0) -> list:
     """(model, width) pairs to try, narrowed by what the user gave."""
     return [(name, width) for name, (widths, _) in MODELS.items() for width in widths

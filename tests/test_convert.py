@@ -13,7 +13,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from src.checkpoint import read_checkpoint
-from src.convert import convert, read_weights, recognise
+from src.convert import convert, evaluation_transform, read_weights, recognise
 from src.errors import UserError
 from src.model_card import read_card
 from src.models import create_model
@@ -157,21 +157,30 @@ def _torch_installed():
     return importlib.util.find_spec("torch") is not None
 
 
-def test_timm_mobilenet_v1_records_its_own_transform_and_options_override_it(tmp_path):
-    """timm's only MobileNetV1 weights were measured with crop 0.95 (shorter side 235) and mean = std = 0.5."""
-    source = write_source_file("timm_mobilenetv1_100", str(tmp_path))
-    out = str(tmp_path / "v1.ckpt")
-    assert run_script("convert_weights.py", "--input", source, "--output", out).returncode == 0
-    card = read_card(read_checkpoint(out), out)
-    assert (card["eval_resize"], card["interpolation"], card["image_mean"], card["image_std"]) == (
-        235, "bicubic", [0.5] * 3, [0.5] * 3)
-    result = run_script("convert_weights.py", "--input", source, "--output", out, "--eval_resize", "256",
-                        "--image_mean", "0.485,0.456,0.406", "--model", "mobilenet_v1")
-    assert "centre crop 224, mean [0.485, 0.456, 0.406], std [0.5, 0.5, 0.5]" in result.stdout
-    assert read_card(read_checkpoint(out), out)["eval_resize"] == 256
-    assert_user_error(run_script("convert_weights.py", "--input", source, "--output", out, "--model",
-                                 "mobilenet_v3_small"), re.escape("fits mobilenet_v3_small nowhere: closest is"))
-    assert_user_error(run_script("convert_weights.py", "--input", source, "--output", out, "--image_std", "0.5"),
+def test_each_source_records_the_transform_its_accuracy_was_measured_with(tmp_path):
+    """timm's only MobileNetV1 weights were measured with crop 0.95 (shorter side 235) and mean = std = 0.5, its
+    MobileNetV3 ones with 256 bicubic and ImageNet's statistics; torchvision's with 256 bilinear.  Options override."""
+    sources = {}
+    for name in ("timm_mobilenetv1_100", "torchvision_mobilenet_v3_small"):
+        path = write_source_file(name, str(tmp_path))
+        sources[name] = recognise(read_weights(path), path)
+    imagenet = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    assert evaluation_transform(sources["timm_mobilenetv1_100"], "mobilenet_v1", {}) == {
+        "eval_resize": 235, "interpolation": "bicubic", "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+    assert evaluation_transform(sources["timm_mobilenetv1_100"], "mobilenet_v3_large", {"eval_resize": 0}) == {
+        "eval_resize": 256, "interpolation": "bicubic", "image_mean": imagenet[0], "image_std": imagenet[1]}
+    assert evaluation_transform(sources["torchvision_mobilenet_v3_small"], "mobilenet_v3_large",
+                                {"eval_resize": 232, "input": "x.pth"}) == {
+        "eval_resize": 232, "interpolation": "bilinear", "image_mean": imagenet[0], "image_std": imagenet[1]}
+    with pytest.raises(UserError, match="fits mobilenet_v3_small nowhere: closest is mobilenet_v3_small x1, where"):
+        tensors = read_weights(str(tmp_path / "timm_mobilenetv1_100.safetensors"))
+        convert(tensors, sources["timm_mobilenetv1_100"], "v1", model="mobilenet_v3_small")
+
+
+def test_convert_weights_command_line_mistakes_are_one_line(tmp_path):
+    source = write_source_file("timm_mobilenetv3_small_075", str(tmp_path))
+    assert_user_error(run_script("convert_weights.py", "--input", source, "--output", str(tmp_path / "o.ckpt"),
+                                 "--image_std", "0.5"),
                       re.escape("command line: argument --image_std: expected three comma-separated numbers, got "
                                 "'0.5'"))
 
@@ -181,9 +190,10 @@ def test_convert_weights_writes_a_checkpoint_that_eval_and_export_take_as_it_is(
     source's evaluation transform, class names) and export.py rebuilds the exact network from it alone."""
     source = write_source_file("timm_mobilenetv3_small_075", str(tmp_path))
     out = str(tmp_path / "converted.ckpt")
-    result = run_script("convert_weights.py", "--input", source, "--output", out)
+    result = run_script("convert_weights.py", "--input", source, "--output", out, "--image_mean", "0.5,0.5,0.5")
     assert result.returncode == 0, result.stderr
-    assert "timm, mobilenet_v3_small x0.75, 10 classes, BatchNorm eps 1e-05" in result.stdout
+    assert ("timm, mobilenet_v3_small x0.75, 10 classes, BatchNorm eps 1e-05) -> " + out + "; evaluation: shorter "
+            "side 256 (bicubic), centre crop 224, mean [0.5, 0.5, 0.5], std [0.229, 0.224, 0.225]") in result.stdout
     card = read_card(read_checkpoint(out), out)
     assert {key: card[key] for key in ("model", "width_mult", "class_num", "bn_eps", "eval_resize", "interpolation")} \
         == {"model": "mobilenet_v3_small", "width_mult": 0.75, "class_num": 10, "bn_eps": 1e-5, "eval_resize": 256,
@@ -191,8 +201,8 @@ def test_convert_weights_writes_a_checkpoint_that_eval_and_export_take_as_it_is(
     result = run_script("export.py", "--config_path", "default_config.yaml", "--ckpt_file", out, "--file_name",
                         str(tmp_path / "converted"), "--file_format", "MINDIR", "--image_size", "64")
     assert result.returncode == 0, result.stderr
-    assert ("model=mobilenet_v3_small, width_mult=0.75, bn_eps=1e-05, eval_resize=256, interpolation=bicubic from "
-            "its model card") in result.stdout
+    assert ("model=mobilenet_v3_small, width_mult=0.75, bn_eps=1e-05, eval_resize=256, interpolation=bicubic, "
+            "image_mean=[0.5, 0.5, 0.5] from its model card") in result.stdout
     assert "max abs difference from the checkpoint's network 0\n" in result.stdout
     with open(tmp_path / "converted.json", encoding="utf-8") as src:
         assert json.load(src)["bn_eps"] == 1e-5

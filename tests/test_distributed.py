@@ -102,7 +102,7 @@ def test_both_ranks_finish_with_identical_weights(parallel_run):
 def test_only_rank_zero_writes_checkpoints_config_and_metrics(parallel_run):
     run_dir = parallel_run["dir"]
     assert sorted(name for name in os.listdir(run_dir) if not name.endswith(".log")) == \
-        ["ckpt_0", "config.yaml", "log.txt", "metrics.csv"]
+        ["ckpt_0", "config.yaml", "log.txt", "metrics.csv", "metrics.png"]
     assert sorted(os.listdir(run_dir / "ckpt_0")) == [f"mobilenet_v1-1_{STEPS_PER_RANK}.ckpt", FINAL,
                                                       "mobilenet_v1_best.ckpt"]
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + EPOCHS
