@@ -7,7 +7,7 @@ import mindspore.dataset as ds  # noqa: E402  pylint: disable=wrong-import-order
 
 from src.callbacks import CheckpointSaver, EvalMonitor, Progress, StopOnSignal, TrainMonitor, trim_metrics
 from src.checkpoint import best_top1, build_network, prepare_output, restore_training, resume_path
-from src.dataset import create_dataset, dataset_class_names, pipeline_errors_reported
+from src.dataset import create_dataset, dataset_class_names, mixing_batches, pipeline_errors_reported
 from src.distributed import check_same_start
 from src.loss import CrossEntropySmooth, LossRecorder
 from src.lr_generator import get_lr
@@ -39,13 +39,18 @@ def main():
 
     net, _ = build_network(config, config.pre_trained, "pre_trained checkpoint", fine_tune=True)
     card = card_entries(make_card(config, dataset_class_names(config)))  # saved in every checkpoint
-    loss_fn = LossRecorder(CrossEntropySmooth(config.class_num, config.label_smooth_factor))
+    loss_fn = LossRecorder(CrossEntropySmooth(config.class_num, config.label_smooth_factor,
+                                              soft_labels=bool(mixing_batches(config))))
     lr = get_lr(config.lr_init, config.lr_max, config.lr_end, config.warmup_epochs, config.epoch_size,
                 steps_per_epoch, config.lr_decay_mode, lr_power=config.lr_power,
                 step_epochs=config.lr_step_epochs, step_gamma=config.lr_step_gamma)
     precision = precision_settings(config)
     optimizer = create_optimizer(net, lr, config.optimizer, config.momentum, config.weight_decay,
-                                 precision.optimizer_loss_scale, config.rmsprop_decay, config.rmsprop_epsilon)
+                                 precision.optimizer_loss_scale, config.rmsprop_decay, config.rmsprop_epsilon,
+                                 config.ema_decay if config.ema else 0.0, config.ema_warmup, config.wd_depthwise)
+    if config.ema:
+        log(f"EMA of the weights (decay {config.ema_decay:g}{', warm-up' if config.ema_warmup else ''}): evaluation "
+            f"and the best checkpoint use it; eval.py, export.py and predict.py take it from the checkpoints")
 
     global_step = 0
     checkpoint = resume_path(config, ckpt_dir) if config.resume else ""
@@ -80,7 +85,8 @@ def main():
     if eval_ds is not None:
         best_path = os.path.join(ckpt_dir, f"{config.model}_best.ckpt") if writer else ""
         callbacks.insert(0, EvalMonitor(progress, model, eval_ds, net, config.eval_interval, best_path,
-                                        best_top1(best_path) if writer and checkpoint else -1.0, append=card))
+                                        best_top1(best_path) if writer and checkpoint else -1.0, append=card,
+                                        optimizer=optimizer))
     callbacks += [cb for cb in (saver, stop) if cb is not None]
     sinks = f"data sink of {sink.steps} steps" if sink.enabled else "no data sink"
     log(f"training {config.model} x{config.width_mult:g} on {config.device_target}: {steps_per_epoch} steps of "

@@ -15,6 +15,7 @@ from src.checkpoint import save_checkpoint, training_checkpoints
 from src.distributed import all_gather, averaged_statistics, barrier
 from src.errors import UserError
 from src.model_utils.cli import log
+from src.optimizer import ema_applied
 from src.plots import plot_metrics
 from src.training import evaluate
 
@@ -122,11 +123,13 @@ class EvalMonitor(Callback):
     """Every `interval` epochs evaluate on `eval_dataset`, log top-1/top-5 and keep the best weights
     as `best_path` (when given); the result is left in `cb_params.eval_result` for `TrainMonitor`.  With several
     ranks each evaluates its shard (`evaluate` adds up the ranks' sums) with the ranks' mean BatchNorm statistics,
-    which the best checkpoint holds too, with the entries of `append` (the model card)."""
+    which the best checkpoint holds too, with the entries of `append` (the model card).  When `optimizer` keeps an
+    EMA of the weights, evaluation and the best checkpoint use it."""
 
     def __init__(self, progress: Progress, model, eval_dataset, network, interval: int, best_path: str = "",
-                 best_top1: float = -1.0, append: dict = None):
+                 best_top1: float = -1.0, append: dict = None, optimizer=None):
         super().__init__()
+        self.optimizer = optimizer
         self.progress, self.model, self.eval_dataset, self.network = progress, model, eval_dataset, network
         self.interval, self.best_path, self.best_top1, self.append = interval, best_path, best_top1, append or {}
 
@@ -137,7 +140,7 @@ class EvalMonitor(Callback):
         if not epoch or epoch % self.interval or run_context.get_stop_requested():
             return
         start = time.time()
-        with averaged_statistics(self.network):
+        with ema_applied(self.optimizer), averaged_statistics(self.network):
             result, _ = evaluate(self.model, self.eval_dataset)
             cb.eval_result = result
             top1 = result["top_1_accuracy"]

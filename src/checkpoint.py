@@ -11,6 +11,7 @@ from src.errors import UserError
 from src.model_card import ARCHITECTURE_KEYS, EVALUATION_KEYS, apply_card, read_card
 from src.model_utils.cli import log, warn
 from src.models import create_model
+from src.optimizer import EMA_PREFIX
 
 CLASSIFIER = "classifier"
 PARTIAL = ".partial.ckpt"  # suffix of a checkpoint still being written
@@ -57,7 +58,8 @@ def build_network(config, checkpoint: str = "", what: str = "checkpoint", fine_t
     """The network `config` describes, with the weights (and BN statistics) of `checkpoint` when given, checked by
     `fit_to_network`.  The checkpoint's model card (see src/model_card.py) settles the model, width and BatchNorm
     epsilon and, unless fine-tuning (where a new head may replace its classifier), the class count, class names
-    and evaluation transform: `config` is updated, except for keys given on the command line.  Returns (network,
+    and evaluation transform: `config` is updated, except for keys given on the command line.  A checkpoint with an
+    EMA of the weights (`ema.<name>`) gives its averages unless `config.use_ema` is false.  Returns (network,
     card)."""
     params, card = {}, {}
     if checkpoint:
@@ -67,6 +69,11 @@ def build_network(config, checkpoint: str = "", what: str = "checkpoint", fine_t
     net = create_model(config.model, config.class_num, config.width_mult, config.dropout, config.device_target,
                        config.sync_bn, config.bn_eps)
     if checkpoint:
+        averages = {name[len(EMA_PREFIX) + 1:]: value for name, value in params.items()
+                    if name.startswith(EMA_PREFIX + ".")}
+        if averages and config.use_ema:
+            params = {**params, **averages}
+            log(f"{what} {checkpoint}: using its EMA weights (--use_ema False for the trained ones)")
         ms.load_param_into_net(net, fit_to_network(net, params, checkpoint, what, allow_new_head=fine_tune))
     return net, card
 

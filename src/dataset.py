@@ -39,6 +39,7 @@ IMAGENET_EVAL_FOLDERS = ("val", "validation_preprocess")
 # MindSpore's ImageFolderDataset matches extensions case-sensitively.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG", ".BMP")
 EVAL_CROP_FRACTION = 0.875
+MIX_CHOICES = 20
 BAD_IMAGE = re.compile(r"Invalid image, (.+?) decode failed")
 PIPELINE_ERROR = re.compile(r"^\[ERROR\] (.+)$", re.MULTILINE)
 
@@ -72,8 +73,36 @@ def create_dataset(config, do_train: bool, rank_id: int = 0, rank_size: int = 1)
         np.random.set_state(numpy_state)
         random.setstate(python_state)
     data = data.map(operations, input_columns="image", num_parallel_workers=workers)
-    data = data.map(transforms.TypeCast(ms.int32), input_columns="label", num_parallel_workers=workers)
-    return data.batch(config.batch_size, drop_remainder=do_train)
+    if do_train and config.re_prob > 0:
+        # MindSpore's RandomErasing is a Python op drawing from Python's `random`: one worker keeps its draws in
+        # sample order, so the run stays reproducible (and a resumed pipeline, replayed from the start, too)
+        data = data.map(vision.RandomErasing(config.re_prob, value="random"), input_columns="image",
+                        num_parallel_workers=1)
+    mixing = do_train and mixing_batches(config)
+    labels = [transforms.OneHot(config.class_num), transforms.TypeCast(ms.float32)] if mixing else \
+        transforms.TypeCast(ms.int32)
+    data = data.map(labels, input_columns="label", num_parallel_workers=workers)
+    data = data.batch(config.batch_size, drop_remainder=do_train)
+    if mixing:
+        data = data.map(mixing, input_columns=["image", "label"], num_parallel_workers=workers)
+    return data
+
+
+def mixing_batches(config) -> list:
+    """Batch operations mixing images and their one-hot labels (MindSpore's `MixUpBatch` and `CutMixBatch`): with
+    probability `mixup_prob` a batch is mixed, by CutMix with probability `mixup_switch_prob` (in steps of 0.05,
+    through a uniform choice among 20 operations) else by mixup; [] when both alphas are 0."""
+    mixup = vision.MixUpBatch(config.mixup_alpha) if config.mixup_alpha > 0 else None
+    cutmix = vision.CutMixBatch(vision.ImageBatchFormat.NCHW, config.cutmix_alpha) if config.cutmix_alpha > 0 \
+        else None
+    if mixup is None and cutmix is None:
+        return []
+    if mixup is None or cutmix is None:
+        chosen = mixup or cutmix
+    else:
+        cut = round(config.mixup_switch_prob * MIX_CHOICES)
+        chosen = transforms.RandomChoice([cutmix] * cut + [mixup] * (MIX_CHOICES - cut))
+    return [transforms.RandomApply([chosen], prob=config.mixup_prob)] if config.mixup_prob < 1 else [chosen]
 
 
 def eval_transforms(config) -> list:
@@ -197,30 +226,47 @@ def _cifar10_source(config, key, path, do_train, rank_id, rank_size):
 
 
 def _cifar10_transforms(config, do_train):
-    """Train: pad-4 random crop and optional flip.  Both: resize if image_size is not 32, normalize, HWC->CHW."""
+    """Train: pad-4 random crop, optional flip and automatic augmentation.  Both: resize if image_size is not 32,
+    normalize, HWC->CHW."""
     operations = []
     if do_train:
         operations.append(vision.RandomCrop(32, padding=4))
         if config.random_flip:
             operations.append(vision.RandomHorizontalFlip())
+        operations += _auto_augment(config)
     if config.image_size != 32:
         operations.append(vision.Resize((config.image_size, config.image_size)))
     return operations + _normalize(CIFAR_MEAN, CIFAR_STD)
 
 
 def _imagenet_transforms(config, do_train):
-    """Train: random resized crop, optional flip and colour jitter.  Eval: resize short side, centre crop."""
+    """Train: random resized crop, optional flip, colour jitter and automatic augmentation.  Eval: resize short side,
+    centre crop."""
     size = config.image_size
     if do_train:
-        operations = [vision.RandomResizedCrop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))]
+        operations = [vision.RandomResizedCrop(size, scale=tuple(config.crop_scale), ratio=tuple(config.crop_ratio))]
         if config.random_flip:
             operations.append(vision.RandomHorizontalFlip())
         if config.color_jitter > 0:
             jitter = config.color_jitter
             operations.append(vision.RandomColorAdjust(brightness=jitter, contrast=jitter, saturation=jitter))
+        operations += _auto_augment(config)
     else:
         operations = eval_resize_crop(config)
     return operations + _normalize(config.image_mean, config.image_std)
+
+
+def _auto_augment(config) -> list:
+    """The `auto_augment` policy on uint8 HWC images (bilinear, filling with the mean colour, as timm does)."""
+    fill = tuple(round(255 * m) for m in config.image_mean)
+    if config.auto_augment == "randaugment":
+        return [vision.RandAugment(config.rand_num_ops, config.rand_magnitude, interpolation=vision.Inter.BILINEAR,
+                                   fill_value=fill)]
+    if config.auto_augment == "autoaugment":
+        return [vision.AutoAugment(vision.AutoAugmentPolicy.IMAGENET, vision.Inter.BILINEAR, fill)]
+    if config.auto_augment == "trivialaugment":
+        return [vision.TrivialAugmentWide(interpolation=vision.Inter.BILINEAR, fill_value=fill)]
+    return []
 
 
 def eval_resize_crop(config) -> list:

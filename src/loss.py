@@ -1,4 +1,4 @@
-"""Softmax cross-entropy with label smoothing, for sparse integer labels."""
+"""Softmax cross-entropy with label smoothing, for sparse integer labels or soft (mixed) ones."""
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
@@ -12,9 +12,11 @@ class CrossEntropySmooth(nn.LossBase):
     class gets 1 - eps and every other class eps / (K - 1) (timm/PyTorch instead use
     1 - eps + eps / K and eps / K). smooth_factor 0 is plain softmax cross-entropy.
     The loss is computed in float32 (mixed-precision networks may emit float16 logits).
+    With `soft_labels` the labels are per-class weights summing to 1 (mixup / CutMix); smoothing is linear in the
+    target, so the smoothed mixed target is label * (on - off) + off: the mix of the smoothed one-hot targets.
     """
 
-    def __init__(self, class_num, smooth_factor=0.0, reduction="mean"):
+    def __init__(self, class_num, smooth_factor=0.0, reduction="mean", soft_labels=False):
         super().__init__(reduction)
         if class_num < 2:
             raise UserError(f"class_num: got {class_num}, expected at least 2")
@@ -24,9 +26,13 @@ class CrossEntropySmooth(nn.LossBase):
         self.on_value = ms.Tensor(1.0 - smooth_factor, ms.float32)
         self.off_value = ms.Tensor(smooth_factor / (class_num - 1), ms.float32)
         self.cross_entropy = nn.SoftmaxCrossEntropyWithLogits(sparse=False, reduction=reduction)
+        self.soft_labels = soft_labels
 
     def construct(self, logits, label):
-        target = ops.one_hot(label, self.class_num, self.on_value, self.off_value)
+        if self.soft_labels:
+            target = ops.cast(label, ms.float32) * (self.on_value - self.off_value) + self.off_value
+        else:
+            target = ops.one_hot(label, self.class_num, self.on_value, self.off_value)
         return self.cross_entropy(ops.cast(logits, ms.float32), target)
 
 

@@ -168,3 +168,44 @@ def test_rmsprop_is_reproducible_and_exact():
         moment = 0.9 * moment + 0.05 * grad / np.sqrt(mean_square + 1e-3)
         weight = weight - moment
     np.testing.assert_allclose(results[0], weight, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("optimizer,warmup", [("rmsprop", True)])
+def test_ema_is_the_closed_form_average_of_the_recorded_weights(optimizer, warmup):
+    """After each of 6 steps (graph mode, a real network with BatchNorm) the optimizer's `ema.<name>` equal
+    d_n * ema + (1 - d_n) * w_n over the weights and BN statistics recorded after step n, from ema_0 = w_0; with warm-up
+    d_n = min(0.9, (1 + n) / (10 + n)).  `ema_applied` swaps them in and back."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    from src.models import create_model  # pylint: disable=import-outside-toplevel
+    from src.optimizer import averaged_parameters, ema_applied  # pylint: disable=import-outside-toplevel
+    net = create_model("mobilenet_v1", 10, 0.25)
+    opt = create_optimizer(net, np.full(6, 0.05, np.float32), optimizer, weight_decay=1e-4, ema_decay=0.9,
+                           ema_warmup=warmup)
+    assert [p.name for p in opt.ema.averages] == ["ema." + p.name for p in averaged_parameters(net)]
+    assert any(p.name.endswith("moving_mean") for p in averaged_parameters(net))
+    step = nn.TrainOneStepCell(nn.WithLossCell(net, CrossEntropySmooth(10)), opt)
+    rng = np.random.default_rng(0)
+    expected = {p.name: p.asnumpy().astype(np.float64) for p in averaged_parameters(net)}
+    for n in range(1, 7):
+        step(ms.Tensor(rng.standard_normal((8, 3, 32, 32)).astype(np.float32)),
+             ms.Tensor(rng.integers(0, 10, 8).astype(np.int32)))
+        decay = min(0.9, (1 + n) / (10 + n)) if warmup else 0.9
+        for param in averaged_parameters(net):
+            expected[param.name] = decay * expected[param.name] + (1 - decay) * param.asnumpy()
+    for average in opt.ema.averages:
+        np.testing.assert_allclose(average.asnumpy(), expected[average.name[4:]], rtol=1e-5, atol=1e-6)
+    trained = {p.name: p.asnumpy() for p in net.get_parameters()}
+    with ema_applied(opt):
+        assert all(np.array_equal(p.asnumpy(), opt.ema.averages[i].asnumpy())
+                   for i, p in enumerate(averaged_parameters(net)))
+    assert all(np.array_equal(p.asnumpy(), trained[p.name]) for p in net.get_parameters())
+
+
+def test_momentum_keeps_the_same_ema():
+    from src.models import create_model  # pylint: disable=import-outside-toplevel
+    from src.optimizer import EMAMomentum, averaged_parameters  # pylint: disable=import-outside-toplevel
+    net = create_model("mobilenet_v1", 10, 0.25)
+    opt = create_optimizer(net, 0.1, "momentum", ema_decay=0.99)
+    assert isinstance(opt, EMAMomentum) and not opt.ema.warmup and opt.ema.decay == 0.99
+    assert [p.name for p in opt.ema.averages] == ["ema." + p.name for p in averaged_parameters(net)]
+    assert not any(p.requires_grad for p in opt.ema.averages)

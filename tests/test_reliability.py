@@ -192,12 +192,17 @@ def small_data(tmp_path_factory, demo_data):
 
 
 V3 = ["--model", "mobilenet_v3_small", "--width_mult", "0.75", "--dropout", "0.2", "--epoch_size", "3",
-      "--lr_max", "0.05", "--optimizer", "rmsprop", "--run_eval", "False"]
+      "--lr_max", "0.05", "--optimizer", "rmsprop", "--run_eval", "False",
+      # every training option on: EMA, RandAugment, random erasing, mixup + CutMix, label smoothing
+      "--ema", "True", "--ema_decay", "0.9", "--ema_warmup", "True", "--auto_augment", "randaugment", "--re_prob", "0.5",
+      "--mixup_alpha", "0.2", "--cutmix_alpha", "1.0", "--mixup_prob", "0.9", "--label_smooth_factor", "0.1",
+      "--wd_depthwise", "False"]
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(small_data, tmp_path_factory):
-    """A 3-epoch MobileNetV3-small run (dropout on, RMSProp) that nothing interrupts."""
+    """A 3-epoch MobileNetV3-small run (dropout, RMSProp and every augmentation and EMA option on) that nothing
+    interrupts."""
     out = str(tmp_path_factory.mktemp("uninterrupted"))
     proc = run_script("train.py", *TINY, *V3, "--dataset_path", small_data, "--save_checkpoint_path", out)
     assert proc.returncode == 0, proc.stderr[-3000:]

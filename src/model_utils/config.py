@@ -55,6 +55,20 @@ SCHEMA = {
     "num_parallel_workers": _f("int", 4, "data pipeline workers (clamped to the CPU count)", min=1),
     "random_flip": _f("bool", True, "random horizontal flip in training"),
     "color_jitter": _f("float", 0.0, "brightness/contrast/saturation jitter (ImageNet training)", min=0),
+    "crop_scale": _f("list[float]", [0.08, 1.0], "ImageNet training: random-resized-crop area range (fractions)",
+                     min=0, max=1),
+    "crop_ratio": _f("list[float]", [0.75, 4 / 3], "ImageNet training: random-resized-crop aspect ratio range",
+                     min=0, min_exclusive=True),
+    "auto_augment": _f("str", "", "training: automatic augmentation policy (MindSpore's vision ops); empty = none",
+                       choices=("", "randaugment", "autoaugment", "trivialaugment")),
+    "rand_num_ops": _f("int", 2, "RandAugment: operations per image", min=1),
+    "rand_magnitude": _f("int", 9, "RandAugment: magnitude, 0..30", min=0, max=30),
+    "re_prob": _f("float", 0.0, "training: random erasing probability (per image)", min=0, max=1),
+    "mixup_alpha": _f("float", 0.0, "training: mixup Beta(alpha, alpha); 0 = off", min=0),
+    "cutmix_alpha": _f("float", 0.0, "training: CutMix Beta(alpha, alpha); 0 = off", min=0),
+    "mixup_prob": _f("float", 1.0, "training: probability that a batch is mixed (mixup or CutMix)", min=0, max=1),
+    "mixup_switch_prob": _f("float", 0.5, "training: probability of CutMix rather than mixup when both are on "
+                            "(in steps of 0.05)", min=0, max=1),
     "eval_resize": _f("int", 0, "ImageNet evaluation: shorter side resized to this before the centre crop of "
                       "image_size; 0 = image_size / 0.875", min=0),
     "interpolation": _f("str", "bilinear", "ImageNet evaluation resize interpolation", choices=("bilinear", "bicubic")),
@@ -74,9 +88,16 @@ SCHEMA = {
     "lr_step_gamma": _f("float", 0.1, "factor of steps decay", min=0, min_exclusive=True, max=1),
     "momentum": _f("float", 0.9, "momentum (Momentum and RMSProp)", min=0, max=1),
     "weight_decay": _f("float", 4e-5, "L2 weight decay of conv and dense weights", min=0),
+    "wd_depthwise": _f("bool", True, "weight decay on depthwise convolution weights too (the MobileNetV1 paper puts "
+                       "little or none there)"),
     "rmsprop_decay": _f("float", 0.9, "RMSProp decay", min=0, max=1),
     "rmsprop_epsilon": _f("float", 0.001, "RMSProp epsilon", min=0, min_exclusive=True),
     "label_smooth_factor": _f("float", 0.0, "label smoothing", min=0, max=1),
+    "ema": _f("bool", False, "keep an exponential moving average of the weights; evaluation, the best checkpoint and "
+              "eval/export/predict use it"),
+    "ema_decay": _f("float", 0.9999, "EMA decay per step", min=0, max=1, min_exclusive=True),
+    "ema_warmup": _f("bool", False, "EMA decay min(ema_decay, (1 + n) / (10 + n)) at step n"),
+    "use_ema": _f("bool", True, "eval/export/predict/pre_trained take a checkpoint's EMA weights when it has them"),
     "loss_scale": _f("float", 1.0, "loss scale (initial value when dynamic)", min=1),
     "loss_scale_type": _f("str", "fixed", "loss scale manager", choices=("fixed", "dynamic")),
     "amp_level": _f("str", "O0", "mixed precision level (GPU, Ascend; CPU trains in float32)",
@@ -260,6 +281,9 @@ def validate(values: dict, source: str) -> None:
     for key in ("image_mean", "image_std"):
         if len(values[key]) != 3:
             raise ConfigError(f"{source}: key '{key}' needs 3 values (R, G, B); got {values[key]}")
+    for key in ("crop_scale", "crop_ratio"):
+        if len(values[key]) != 2 or values[key][0] > values[key][1]:
+            raise ConfigError(f"{source}: key '{key}' needs 2 values, low <= high; got {values[key]}")
     if values["sink_size"] == 0:
         raise ConfigError(f"{source}: key 'sink_size' must be -1 (the whole epoch) or a number of steps >= 1; got 0")
     if values["warmup_epochs"] > values["epoch_size"]:
