@@ -117,7 +117,8 @@ def test_attribute_set_is_checked():
         config.batch_size = 0
 
 
-REPO_YAMLS = sorted(glob.glob(os.path.join(ROOT_DIR, "*.yaml")))
+REPO_YAMLS = sorted(glob.glob(os.path.join(ROOT_DIR, "*.yaml")) +
+                    glob.glob(os.path.join(ROOT_DIR, "configs", "*.yaml")))
 
 
 def test_expected_configs_exist():

@@ -9,7 +9,7 @@ import mindspore.dataset as ds
 import numpy as np
 import pytest
 
-from src.dataset import CIFAR_MEAN, CIFAR_STD, create_dataset, describe_pipeline_error
+from src.dataset import CIFAR_MEAN, CIFAR_STD, create_dataset, describe_pipeline_error, mixing_batches
 from src.errors import UserError
 from src.model_utils.config import SCHEMA
 
@@ -349,3 +349,45 @@ def test_other_pipeline_errors_are_described_in_one_line(demo_data):
         list(iterator)
     message = describe_pipeline_error(caught.value)
     assert message.startswith("data pipeline failed: EOF buffer encountered") and "\n" not in message
+
+
+def test_mixing_follows_mixup_prob_and_switch_prob():
+    """400 batches of eight constant images (values 0..7, one-hot labels): a mixup batch holds blended constant
+    images, a CutMix batch images with a box of another, an untouched batch the originals.  mixup_prob 0.6 and switch
+    prob 0.25: about 40% untouched, 15% CutMix, 45% mixup; every mixed label gives the pixel shares."""
+    ds.config.set_seed(3)
+    config = make_config("", mixup_alpha=1.0, cutmix_alpha=1.0, mixup_prob=0.6, mixup_switch_prob=0.25)
+    values = np.arange(8, dtype=np.float32)
+    images = np.tile(values[:, None, None, None], (400, 3, 16, 16))
+    labels = np.eye(8, dtype=np.float32)[np.tile(np.arange(8), 400)]
+    data = ds.NumpySlicesDataset((images, labels), ["image", "label"], shuffle=False).batch(8)
+    kinds = []
+    for batch in data.map(mixing_batches(config), input_columns=["image", "label"]).create_dict_iterator(
+            output_numpy=True):
+        mixed, label = batch["image"], batch["label"]
+        np.testing.assert_allclose(label.sum(axis=1), 1.0, atol=1e-5)
+        np.testing.assert_allclose(label @ values, mixed.mean(axis=(1, 2, 3)), atol=1e-4)  # labels = pixel shares
+        if np.array_equal(mixed, images[:8]):
+            kinds.append("none")
+        else:
+            kinds.append("cutmix" if max(len(np.unique(image)) for image in mixed) > 1 else "mixup")
+    share = {kind: kinds.count(kind) / len(kinds) for kind in ("none", "cutmix", "mixup")}
+    assert share["none"] == pytest.approx(0.4, abs=0.08) and share["cutmix"] == pytest.approx(0.15, abs=0.06)
+    assert share["mixup"] == pytest.approx(0.45, abs=0.08)
+
+
+def test_imagenet_training_with_every_augmentation_is_reproducible(demo_data):
+    """RandAugment, random erasing, crop scale/ratio and mixup + CutMix on the JPEG tree: the same seed gives the
+    same batches; labels are soft (summing to 1)."""
+    options = dict(batch_size=64, auto_augment="randaugment", re_prob=0.5, mixup_alpha=0.2, cutmix_alpha=1.0,
+                   crop_scale=[0.25, 1.0], crop_ratio=[0.5, 2.0])
+    runs = [collect(create_dataset(make_config(demo_data["imagefolder"], "imagenet2012", **options), do_train=True))
+            for _ in range(2)]
+    (images, labels, sizes), (again, labels_again, _) = runs
+    assert sizes == [64] * 22 and labels.shape == (1408, 10) and labels.dtype == np.float32
+    np.testing.assert_allclose(labels.sum(axis=1), 1.0, atol=1e-5)
+    assert (labels.max(axis=1) < 1).mean() > 0.5  # mixed
+    assert np.array_equal(images, again) and np.array_equal(labels, labels_again)
+    plain = collect(create_dataset(make_config(demo_data["imagefolder"], "imagenet2012", batch_size=64),
+                                   do_train=True))[0]
+    assert not np.array_equal(images, plain)

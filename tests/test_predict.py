@@ -157,3 +157,17 @@ def test_the_model_card_settles_what_the_command_line_does_not(tmp_path, capsys)
 def test_predict_usage_errors_are_one_line(args, message, tmp_path):
     assert_user_error(run_script("predict.py", *args, cwd=str(tmp_path)), message.replace("|", r"\|")
                       .replace(".", r"\."))
+
+
+def test_a_checkpoint_with_an_ema_gives_its_averages_unless_use_ema_is_false(tmp_path, capsys):
+    net = create_model("mobilenet_v1", 10, 0.25)
+    averages = {f"ema.{p.name}": ms.Tensor(p.asnumpy() + 1.0) for p in net.trainable_params()}
+    path = str(tmp_path / "ema.ckpt")
+    save_checkpoint(net, path, averages)
+    stem = "features.0.0.weight"
+    built, _ = build_network(config_for("--width_mult", "0.25"), path)
+    assert np.array_equal(dict(built.parameters_and_names())[stem].asnumpy(), averages["ema." + stem].asnumpy())
+    assert f"checkpoint {path}: using its EMA weights (--use_ema False for the trained ones)" in capsys.readouterr().out
+    built, _ = build_network(config_for("--width_mult", "0.25", "--use_ema", "False"), path)
+    assert np.array_equal(dict(built.parameters_and_names())[stem].asnumpy(),
+                          dict(net.parameters_and_names())[stem].asnumpy())
