@@ -3,9 +3,9 @@
 For each model: graph compile time, training ms/step and img/s (forward + backward + optimizer, steady state,
 fixed batch), training img/s fed by the real JPEG pipeline, inference img/s, parameters, MACs, achieved
 GMAC/s (training counts 3x the forward MACs), and peak resident memory; plus the training data pipelines'
-img/s (CIFAR binary and JPEG folder, decode + augment, no model).  Every timing is the median of `--repeats`
-runs of `--steps` steps.  Each model runs in a fresh process so that its memory peak and compile time are its
-own.  `--compare torch` measures the same architectures in PyTorch eager (torchvision's MobileNetV3; V1 from
+img/s (CIFAR binary, and 224-pixel JPEGs with the zoo's recipe and with RandAugment + random erasing + mixup +
+CutMix; decode + augment, no model).  Every timing is the median of `--repeats` runs of `--steps` steps.  Each
+model runs in a fresh process so that its memory peak and compile time are its own.  `--compare torch` measures the same architectures in PyTorch eager (torchvision's MobileNetV3; V1 from
 the same table) with the same threads, batch and resolution, in the same command, and prints our/their ratios.
 """
 import argparse
@@ -118,17 +118,40 @@ def measure_model(args, name: str, width: float, data_root: str) -> dict:
     return row
 
 
+HEAVY_RECIPE = {"auto_augment": "randaugment", "re_prob": 0.25, "mixup_alpha": 0.2, "cutmix_alpha": 1.0}
+JPEG_SIDE = 224
+
+
+def write_jpegs(data_root: str, per_class: int = 32) -> str:
+    """The demo's training digits enlarged to 224x224 JPEGs (`per_class` per class), as a class-folder tree; returns
+    its path.  Decoding cost is that of real 224-pixel photos."""
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+    source = os.path.join(data_root, "imagefolder", "train")
+    target = os.path.join(data_root, f"jpeg{JPEG_SIDE}")
+    for name in sorted(os.listdir(source)):
+        os.makedirs(os.path.join(target, name), exist_ok=True)
+        for file in sorted(os.listdir(os.path.join(source, name)))[:per_class]:
+            with Image.open(os.path.join(source, name, file)) as image:
+                image.convert("RGB").resize((JPEG_SIDE, JPEG_SIDE), Image.BILINEAR).save(
+                    os.path.join(target, name, file), "JPEG", quality=90)
+    return target
+
+
 def measure_pipelines(args, data_root: str) -> dict:
-    """Training pipelines alone (decode + augment + batch): CIFAR binary at 32 and JPEG folder at image_size."""
+    """Training pipelines alone (decode + augment + batch): CIFAR binary at 32, and 224-pixel JPEGs at image_size with
+    the zoo's recipe (random resized crop, flip) and with the heaviest one (plus RandAugment, random erasing, mixup
+    and CutMix)."""
     from src.dataset import create_dataset  # pylint: disable=import-outside-toplevel
     from src.model_utils.config import get_config  # pylint: disable=import-outside-toplevel
 
     rates = {}
-    for key, dataset, path, size in (
-            ("cifar_pipeline_img_s", "cifar10", os.path.join(data_root, "cifar10", "cifar-10-batches-bin"), 32),
-            ("jpeg_pipeline_img_s", "imagenet2012", os.path.join(data_root, "imagefolder"), args.image_size)):
+    jpegs = write_jpegs(data_root)
+    for key, dataset, path, size, recipe in (
+            ("cifar_pipeline_img_s", "cifar10", os.path.join(data_root, "cifar10", "cifar-10-batches-bin"), 32, {}),
+            ("jpeg_pipeline_img_s", "imagenet2012", jpegs, args.image_size, {}),
+            ("jpeg_heavy_pipeline_img_s", "imagenet2012", jpegs, args.image_size, HEAVY_RECIPE)):
         config = get_config([], overrides={"dataset": dataset, "dataset_path": path, "image_size": size,
-                                           "batch_size": args.batch_size, "class_num": 10})
+                                           "batch_size": args.batch_size, "class_num": 10, **recipe})
         batches = endless_batches(create_dataset(config, do_train=True), output_numpy=True)
 
         def take(steps, batches=batches):

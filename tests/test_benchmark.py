@@ -28,6 +28,7 @@ def test_benchmark_tiny_run_writes_every_field(tmp_path):
         assert all(row[key] > 0 for key in MODEL_FIELDS if key not in ("model",))
     assert result["models"][0]["params"] == 470_072 and result["models"][1]["params"] == 2_041_872
     assert result["pipelines"]["cifar_pipeline_img_s"] > 0 and result["pipelines"]["jpeg_pipeline_img_s"] > 0
+    assert result["pipelines"]["jpeg_heavy_pipeline_img_s"] > 0
     with open(str(output).replace(".json", ".csv"), newline="", encoding="utf-8") as src:
         rows = list(csv.DictReader(src))
     assert len(rows) == 2 and rows[1]["params"] == "2041872"
