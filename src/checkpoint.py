@@ -101,6 +101,10 @@ def restore_training(path: str, net, optimizer, total_steps: int) -> tuple:
     ms.load_param_into_net(net, weights)
     ms.load_param_into_net(optimizer, params)
     restore_own_statistics(net, params)
+    ema = getattr(optimizer, "ema", None)
+    if ema is not None and not any(name.startswith(EMA_PREFIX + ".") for name in params):
+        ema.restart()  # a run resumed with EMA on from a checkpoint without one: average from the resumed weights
+        log(f"resume checkpoint {path} has no EMA of the weights: the EMA starts from its weights")
     return position
 
 

@@ -97,8 +97,8 @@ class EMA(nn.Cell):
     the update; d = `decay`, or with `warmup` min(decay, (1 + n) / (10 + n)) at update n (TensorFlow's
     `ExponentialMovingAverage(num_updates=...)`), so early averages are not dominated by the initial weights.  The
     averages are Parameters `ema.<name>`, saved in every training checkpoint with the optimizer state, so a resumed
-    run continues them exactly.  They start equal to the weights (a checkpoint without them resumes from its
-    weights)."""
+    run continues them exactly.  They start equal to the weights (`restart` sets them so again, e.g. after loading a
+    checkpoint that has none)."""
 
     def __init__(self, net, decay: float, warmup: bool):
         super().__init__()
@@ -108,6 +108,11 @@ class EMA(nn.Cell):
             average.requires_grad = False
         self.decay, self.warmup = float(decay), warmup
         self.hyper_map = ops.HyperMap()
+
+    def restart(self) -> None:
+        """Averages := the current weights."""
+        for average, param in zip(self.averages, self.targets):
+            average.set_data(Tensor(param.asnumpy()))
 
     def construct(self, updates):
         decay = Tensor(self.decay, ms.float32)

@@ -209,3 +209,8 @@ def test_momentum_keeps_the_same_ema():
     assert isinstance(opt, EMAMomentum) and not opt.ema.warmup and opt.ema.decay == 0.99
     assert [p.name for p in opt.ema.averages] == ["ema." + p.name for p in averaged_parameters(net)]
     assert not any(p.requires_grad for p in opt.ema.averages)
+    stem = averaged_parameters(net)[0]
+    stem.set_data(ms.Tensor(stem.asnumpy() + 1.0))  # e.g. weights loaded from a checkpoint without an EMA
+    assert not np.array_equal(opt.ema.averages[0].asnumpy(), stem.asnumpy())
+    opt.ema.restart()
+    assert all(np.array_equal(a.asnumpy(), p.asnumpy()) for a, p in zip(opt.ema.averages, averaged_parameters(net)))
