@@ -2,7 +2,8 @@
 
 Measures the same architecture (torchvision's MobileNetV3; MobileNetV1 from the paper's table, which torchvision
 lacks) with the same threads, batch and resolution as the MindSpore run: training img/s (forward + backward +
-SGD momentum step) and inference img/s, each the median of `--repeats` timings. Prints one JSON line.
+SGD momentum step) and inference img/s, each the median of `--repeats` timings; with --channels_last the model and
+the input in channels-last memory format (much faster in PyTorch on CPU). Prints one JSON line.
 """
 import argparse
 import json
@@ -52,11 +53,15 @@ def main():
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--channels_last", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads or os.cpu_count())
     torch.manual_seed(0)
     net = build(args.model, args.width_mult, 10)
     images = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
+    if args.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        images = images.to(memory_format=torch.channels_last)
     labels = torch.randint(0, 10, (args.batch_size,))
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     loss_fn = nn.CrossEntropyLoss()

@@ -1,7 +1,7 @@
 """MobileNetV1/V3 model zoo for MindSpore."""
 import os
 
-# Our C++ CPU kernels (src/models/depthwise.py) use OpenMP.  With libgomp's default wait policy its idle threads
+# Our C++ CPU kernels (src/kernels/) use OpenMP.  With libgomp's default wait policy its idle threads
 # spin after each kernel and take the cores from MindSpore's thread pool running the next operator: passive
 # waiting made whole networks 1.2-1.6x faster on 2 cores.  libgomp reads the variable once, when MindSpore loads
 # it, so entry scripts import `src` before `mindspore`.  A value the user set is kept (WAIT_POLICY_DEFAULTED

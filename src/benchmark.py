@@ -1,12 +1,15 @@
-"""Speed and memory benchmark: python -m src.benchmark [--models ...] [--compare torch] [--output FILE.json]
+"""Speed and memory benchmark: python -m src.benchmark [--models ...] [--compare torch,onnxruntime] [--rounds N]
 
 For each model: graph compile time, training ms/step and img/s (forward + backward + optimizer, steady state,
 fixed batch), training img/s fed by the real JPEG pipeline, inference img/s, parameters, MACs, achieved
 GMAC/s (training counts 3x the forward MACs), and peak resident memory; plus the training data pipelines'
 img/s (CIFAR binary, and 224-pixel JPEGs with the zoo's recipe and with RandAugment + random erasing + mixup +
 CutMix; decode + augment, no model).  Every timing is the median of `--repeats` runs of `--steps` steps.  Each
-model runs in a fresh process so that its memory peak and compile time are its own.  `--compare torch` measures the same architectures in PyTorch eager (torchvision's MobileNetV3; V1 from
-the same table) with the same threads, batch and resolution, in the same command, and prints our/their ratios.
+model runs in a fresh process so that its memory peak and compile time are its own.  `--compare torch` measures the
+same architectures in PyTorch eager (torchvision's MobileNetV3; V1 from the same table) with the same threads, batch and
+resolution, both in NCHW and in channels-last memory format, and prints our ratio to the faster; `--compare
+onnxruntime` runs our own ONNX export in onnxruntime (threads matched) for inference.  With `--rounds N` the engines
+take turns N times and every figure is the median of its rounds (the machine is shared and noisy).
 """
 import argparse
 import csv
@@ -26,10 +29,13 @@ from src.model_utils.cli import log, run
 
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCH_PEER = os.path.join(ROOT_DIR, "scripts", "torch_peer.py")
+PEERS = ("torch", "onnxruntime")
+RATE_FIELDS = ("train_img_s", "train_data_img_s", "infer_img_s")
 MODEL_FIELDS = ("model", "width_mult", "batch_size", "image_size", "threads", "params", "macs_m", "compile_s",
                 "train_ms_per_step", "train_img_s", "train_gmac_s", "train_data_img_s", "infer_img_s",
                 "infer_gmac_s", "peak_rss_mb")
-PEER_FIELDS = ("torch_train_img_s", "torch_infer_img_s", "train_ratio", "infer_ratio")
+PEER_FIELDS = ("torch_train_img_s", "torch_infer_img_s", "torch_cl_train_img_s", "torch_cl_infer_img_s", "train_ratio",
+               "infer_ratio", "ort_infer_img_s", "ort_ratio")
 
 
 def median_rate(run_steps, steps: int, repeats: int, batch: int) -> float:
@@ -163,10 +169,43 @@ def measure_pipelines(args, data_root: str) -> dict:
     return rates
 
 
+def measure_onnxruntime(args, name: str, width: float) -> dict:
+    """Inference img/s of our own ONNX export of the network (what export.py writes) in onnxruntime, with as many
+    intra-op threads as ours."""
+    import mindspore as ms  # pylint: disable=import-outside-toplevel
+    import onnxruntime  # pylint: disable=import-outside-toplevel
+    from mindspore.onnx import export as export_onnx  # pylint: disable=import-outside-toplevel
+    from src.models import create_model  # pylint: disable=import-outside-toplevel
+    from src.models.layers import use_portable_ops  # pylint: disable=import-outside-toplevel
+
+    net = use_portable_ops(create_model(name, class_num=10, width_mult=width))
+    net.set_train(False)
+    images = np.random.default_rng(0).standard_normal((args.batch_size, 3, args.image_size, args.image_size),
+                                                      np.float32)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "net.onnx")
+        export_onnx(net, ms.Tensor(images), file_name=path, input_names=["image"], output_names=["logits"])
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = args.threads or os.cpu_count()
+        options.inter_op_num_threads = 1
+        session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    def infer_steps(steps):
+        for _ in range(steps):
+            session.run(None, {"image": images})
+
+    infer_steps(1 + args.warmup)
+    return {"infer_img_s": round(median_rate(infer_steps, args.steps, args.repeats, args.batch_size), 2),
+            "onnxruntime": onnxruntime.__version__}
+
+
 def _worker(args) -> None:
     """Measure one item in this (fresh) process and print it as JSON on the last line."""
     if args.worker == "pipelines":
         result = measure_pipelines(args, args.data_root)
+    elif args.worker.startswith("onnxruntime:"):
+        _, name, width = args.worker.split(":")
+        result = measure_onnxruntime(args, name, float(width))
     else:
         name, width = args.worker.split(":")
         result = measure_model(args, name, float(width), args.data_root)
@@ -195,6 +234,30 @@ def torch_python(args) -> str:
     return ""
 
 
+def _median(runs: list, key: str):
+    return round(float(np.median([run[key] for run in runs])), 2)
+
+
+def compare_row(runs: dict) -> dict:
+    """Our figures (medians over the rounds) and each peer's, with the ratios ours / theirs: training and inference
+    against the faster of PyTorch NCHW and channels-last, inference against onnxruntime."""
+    row = {**runs["ours"][0], **{key: _median(runs["ours"], key) for key in RATE_FIELDS}}
+    row["train_ms_per_step"] = round(1000 * row["batch_size"] / row["train_img_s"], 1)
+    row["train_gmac_s"] = round(3 * row["macs_m"] * row["train_img_s"] / 1000, 2)
+    row["infer_gmac_s"] = round(row["macs_m"] * row["infer_img_s"] / 1000, 2)
+    if "torch" in runs:
+        for prefix, engine in (("torch", "torch"), ("torch_cl", "torch_cl")):
+            row[f"{prefix}_train_img_s"] = _median(runs[engine], "train_img_s")
+            row[f"{prefix}_infer_img_s"] = _median(runs[engine], "infer_img_s")
+        for kind in ("train", "infer"):
+            faster = max(row[f"torch_{kind}_img_s"], row[f"torch_cl_{kind}_img_s"])
+            row[f"{kind}_ratio"] = round(row[f"{kind}_img_s"] / faster, 2)
+    if "ort" in runs:
+        row["ort_infer_img_s"] = _median(runs["ort"], "infer_img_s")
+        row["ort_ratio"] = round(row["infer_img_s"] / row["ort_infer_img_s"], 2)
+    return row
+
+
 def print_table(rows: list, pipelines: dict) -> None:
     fields = [f for f in MODEL_FIELDS + PEER_FIELDS if any(f in row for row in rows)]
     widths = {f: max(len(f), *(len(str(row.get(f, ""))) for row in rows)) for f in fields}
@@ -214,13 +277,20 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads; 0 = all cores")
-    parser.add_argument("--compare", choices=("torch",), help="also measure PyTorch eager peers")
+    parser.add_argument("--compare", default="", help="peers, comma-separated: torch (PyTorch eager, NCHW and "
+                                                      "channels-last), onnxruntime (our ONNX export, inference)")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds alternating ours and the peers; each "
+                                                              "figure is the median of its rounds")
     parser.add_argument("--torch_python", default="", help="python with torch + torchvision (or $TORCH_PYTHON)")
     parser.add_argument("--output", default="benchmark.json", help="JSON file; a .csv beside it too")
     parser.add_argument("--data_root", default="", help=argparse.SUPPRESS)
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for key in ("batch_size", "steps", "repeats"):
+    args.compare = [peer for peer in args.compare.split(",") if peer]
+    unknown = [peer for peer in args.compare if peer not in PEERS]
+    if unknown:
+        raise UserError(f"--compare: unknown peer '{unknown[0]}'; expected {' or '.join(PEERS)}")
+    for key in ("batch_size", "steps", "repeats", "rounds"):
         if getattr(args, key) < 1:
             raise UserError(f"--{key} must be >= 1; got {getattr(args, key)}")
     if args.image_size < 32:
@@ -234,8 +304,8 @@ def main(argv=None):
         _worker(args)
         return 0
     models = [item.split(":") if ":" in item else (item, "1.0") for item in args.models.split(",") if item]
-    peer = torch_python(args) if args.compare == "torch" else ""
-    if args.compare == "torch" and not peer:
+    peer = torch_python(args) if "torch" in args.compare else ""
+    if "torch" in args.compare and not peer:
         log("--compare torch: torch and torchvision are not installed (set --torch_python or $TORCH_PYTHON to an "
             "interpreter that has them); skipping the comparison")
     with tempfile.TemporaryDirectory() as data_root:
@@ -247,16 +317,24 @@ def main(argv=None):
         peer_env = dict(os.environ)
         if src.WAIT_POLICY_DEFAULTED:  # PyTorch runs with OpenMP's default wait policy (it is faster so)
             peer_env.pop("OMP_WAIT_POLICY", None)
+        torch_cmd = [peer, TORCH_PEER, *_common_args(args)]
+        engines = {"ours": lambda name, width: _run_json(me + ["--worker", f"{name}:{width}"], f"{name} x{width}")}
+        if peer:
+            engines["torch"] = lambda name, width: _run_json(
+                torch_cmd + ["--model", name, "--width_mult", width], f"torch {name}", env=peer_env)
+            engines["torch_cl"] = lambda name, width: _run_json(
+                torch_cmd + ["--model", name, "--width_mult", width, "--channels_last"], f"torch {name}", env=peer_env)
+        if "onnxruntime" in args.compare:
+            engines["ort"] = lambda name, width: _run_json(me + ["--worker", f"onnxruntime:{name}:{width}"],
+                                                           f"onnxruntime {name}")
         for name, width in models:
-            log(f"measuring {name} x{width} ...")
-            row = _run_json(me + ["--worker", f"{name}:{width}"], f"{name} x{width}")
-            if peer:
-                theirs = _run_json([peer, TORCH_PEER, "--model", name, "--width_mult", width, *_common_args(args)],
-                                   f"torch {name}", env=peer_env)
-                row.update({"torch_train_img_s": theirs["train_img_s"], "torch_infer_img_s": theirs["infer_img_s"],
-                            "train_ratio": round(row["train_img_s"] / theirs["train_img_s"], 2),
-                            "infer_ratio": round(row["infer_img_s"] / theirs["infer_img_s"], 2)})
-            rows.append(row)
+            log(f"measuring {name} x{width}: {', '.join(engines)}, {args.rounds} round(s) ...")
+            # the machine is shared and noisy: the engines take turns, each figure is the median of its rounds
+            runs = {engine: [] for engine in engines}
+            for _ in range(args.rounds):
+                for engine, measure in engines.items():
+                    runs[engine].append(measure(name, width))
+            rows.append(compare_row(runs))
     print_table(rows, pipelines)
     result = {"models": rows, "pipelines": pipelines, "torch_python": peer}
     folder = os.path.dirname(os.path.abspath(args.output))

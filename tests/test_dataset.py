@@ -6,6 +6,7 @@ from collections import Counter
 from types import SimpleNamespace
 
 import mindspore.dataset as ds
+from mindspore.dataset import vision
 import numpy as np
 import pytest
 
@@ -340,6 +341,10 @@ def test_undecodable_image_is_described_by_its_file(demo_data, tmp_path, monkeyp
     message = describe_pipeline_error(caught.value)
     assert message == f"{broken}: cannot decode this image; expected a readable JPEG, PNG or BMP file"
     assert describe_pipeline_error(ValueError("unrelated")) is None
+    training = create_dataset(make_config(root, "imagenet2012", class_num=2, batch_size=4), do_train=True)
+    with pytest.raises(RuntimeError) as caught:  # training decodes in its crop operation: the file is still named
+        collect(training)
+    assert describe_pipeline_error(caught.value) == message
 
 
 def test_other_pipeline_errors_are_described_in_one_line(demo_data):
@@ -391,3 +396,22 @@ def test_imagenet_training_with_every_augmentation_is_reproducible(demo_data):
     plain = collect(create_dataset(make_config(demo_data["imagefolder"], "imagenet2012", batch_size=64),
                                    do_train=True))[0]
     assert not np.array_equal(images, plain)
+
+
+def test_training_crops_are_those_of_decode_then_random_resized_crop(demo_data):
+    """Training decodes only its crop (RandomCropDecodeResize); with the same seed it yields the crops a full decode +
+    RandomResizedCrop (the previous pipeline) yields: the same scale and ratio draws, pixels within JPEG rounding."""
+    config = make_config(demo_data["imagefolder"], "imagenet2012", random_flip=False, crop_scale=[0.3, 1.0])
+    ours = collect(create_dataset(config, do_train=True))[0]
+    folder = os.path.join(demo_data["imagefolder"], "train")
+    ds.config.set_seed(config.seed)
+    reference = ds.ImageFolderDataset(folder, decode=True, class_indexing={str(d): d for d in range(10)},
+                                      sampler=ds.DistributedSampler(1, 0, shuffle=True, num_samples=1437))
+    ds.config.set_seed(config.seed)
+    reference = reference.map([vision.RandomResizedCrop(32, scale=(0.3, 1.0), ratio=(3 / 4, 4 / 3)),
+                               vision.Normalize([123.675, 116.28, 103.53], [58.395, 57.12, 57.375]),
+                               vision.HWC2CHW()], input_columns="image", num_parallel_workers=2)
+    expected = collect(reference.batch(32, drop_remainder=True))[0]
+    difference = np.abs(ours - expected)
+    assert ours.shape == expected.shape == (1408, 3, 32, 32)
+    assert difference.mean() < 0.01 and difference.max() < 0.2  # one 8-bit level is 0.017 here

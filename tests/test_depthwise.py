@@ -10,10 +10,10 @@ import mindspore.ops as ops
 import numpy as np
 import pytest
 
+from src.kernels import library
+from src.kernels.bias_act import bias_act_op
 from src.models import create_model
-from src.models.layers import UnfoldConv2d, conv_bn_act, use_portable_ops
-from src.models import depthwise
-from src.models.depthwise import DepthwiseConv2d
+from src.models.layers import DepthwiseConv2d, UnfoldConv2d, conv_bn_act, use_portable_ops
 from src.model_utils.config import ROOT_DIR
 
 SHAPES = [(1, 7, 7), (4, 8, 8), (1, 28, 28), (4, 14, 15)]  # (batch, height, width)
@@ -73,7 +73,7 @@ def refuse(*_):
 
 
 def test_kernel_library_builds():
-    assert depthwise.kernel_library() is not None
+    assert library.kernel_library() is not None
 
 
 @pytest.mark.parametrize("mode", [ms.GRAPH_MODE], indirect=True)
@@ -108,10 +108,10 @@ def test_portable_uses_builtin_convolution(mode):
 def test_failed_build_falls_back_with_one_warning(mode, monkeypatch, tmp_path, caplog):
     broken = tmp_path / "broken.cc"
     broken.write_text("this is not C++\n")
-    monkeypatch.setattr(depthwise, "SOURCES", (broken,))
-    monkeypatch.setattr(depthwise, "_library", {})
+    monkeypatch.setattr(library, "SOURCES", (broken,))
+    monkeypatch.setattr(library, "_library", {})
     monkeypatch.setenv("MOBILENET_ZOO_CACHE", str(tmp_path / "cache"))
-    with caplog.at_level(logging.WARNING, logger=depthwise.__name__):
+    with caplog.at_level(logging.WARNING, logger=library.__name__):
         layers = [pair(4, 3, 1), pair(4, 5, 2)]
     assert len(caplog.records) == 1
     x = random_input(2, 4, 8, 8)
@@ -121,7 +121,7 @@ def test_failed_build_falls_back_with_one_warning(mode, monkeypatch, tmp_path, c
 
 
 def test_concurrent_builds_share_one_library(tmp_path):
-    code = "from src.models.depthwise import kernel_library; print(kernel_library())"
+    code = "from src.kernels.library import kernel_library; print(kernel_library())"
     env = {"MOBILENET_ZOO_CACHE": str(tmp_path), "PYTHONPATH": ROOT_DIR, "PATH": "/usr/bin:/bin"}
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT_DIR, env=env, stdout=subprocess.PIPE,
                               text=True) for _ in range(2)]
@@ -165,7 +165,7 @@ class BiasAct(nn.Cell):
 
     def __init__(self, activation, fused):
         super().__init__()
-        self.op = depthwise.bias_act_op(activation) if fused else None
+        self.op = bias_act_op(activation) if fused else None
         self.activation = activation
 
     def construct(self, x, bias, dy):
@@ -185,7 +185,7 @@ class BiasAct(nn.Cell):
 @pytest.mark.parametrize("activation", [None, "relu", "relu6", "hswish"])
 def test_bias_activation_matches_composed_ops(mode, activation):
     """activation(x + bias) in one C++ pass equals bias_add then MindSpore's operators, forward and gradients."""
-    assert depthwise.bias_act_op(activation) is not None
+    assert bias_act_op(activation) is not None
     rng = np.random.default_rng(3)
     x = ms.Tensor(rng.uniform(-8, 8, (3, 5, 6, 7)).astype(np.float32))
     bias = ms.Tensor(rng.standard_normal(5).astype(np.float32))

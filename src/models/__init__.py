@@ -1,7 +1,7 @@
 """Model factory: `create_model(name, ...)` returns a plain `nn.Cell`."""
 from src.errors import UserError
 from src.models import mobilenet_v1, mobilenet_v3
-from src.models.depthwise import built_for
+from src.kernels.library import built_for
 from src.models.layers import BN_EPS, batch_norm
 from src.models.stats import count_macs, count_params
 

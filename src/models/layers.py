@@ -7,8 +7,11 @@ import mindspore.ops as ops
 from mindspore import Parameter, Tensor
 
 from src.distributed import rank_and_size
-from src.models.depthwise import (DepthwiseConv2d, Float32Kernels, batchnorm_train_op, bias_act_op, building_for_cpu,
-                                  fold_batchnorm_op, im2col_op)
+from src.kernels.batchnorm import batchnorm_train_op, fold_batchnorm_op
+from src.kernels.bias_act import bias_act_op
+from src.kernels.depthwise import STRIDES, depthwise_bias_act_op, depthwise_op
+from src.kernels.im2col import im2col_op
+from src.kernels.library import building_for_cpu, cpu_library
 
 BN_MOMENTUM = 0.99
 BN_EPS = 1e-3  # ours, torchvision's and TF's; timm's and mindcv's weights were trained with 1e-5
@@ -57,6 +60,53 @@ class HSwish(nn.Cell):
         if self.portable:
             return x * ops.relu6(x + 3.0) / 6.0
         return self.fused(x)
+
+
+class Float32Kernels:
+    """Mixin for cells with C++ kernels and a `portable` switch: the kernels are float32-only, so a cell that mixed
+    precision marks for float16 or bfloat16 runs MindSpore's standard operators.  MindSpore's amp marks cells
+    through `Cell.add_flags` (`Cell.to_float`, called by `mindspore/train/amp.py` for O2 and O3)."""
+
+    def add_flags(self, **flags):
+        if flags.get("fp16") or flags.get("bf16"):
+            self.portable = True
+        return super().add_flags(**flags)
+
+
+class DepthwiseConv2d(Float32Kernels, nn.Conv2d):
+    """`nn.Conv2d(channels, channels, k, stride, pad_mode="pad", padding=k // 2, group=channels)` (same
+    parameters and checkpoints) computed by the C++ kernel on CPU.  With `portable` set (see
+    `layers.use_portable_ops` or by mixed precision, see `Float32Kernels`), off CPU, or when the kernel cannot be
+    built, the built-in convolution runs."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, pad_mode="pad", padding=0, group=1,
+                 has_bias=False):
+        super().__init__(in_channels, out_channels, kernel_size, stride, pad_mode=pad_mode, padding=padding,
+                         group=group, has_bias=has_bias)
+        k = kernel_size
+        if not (in_channels == out_channels == group and pad_mode == "pad" and not has_bias
+                and isinstance(k, int) and k % 2 == 1 and padding == k // 2 and stride in STRIDES):
+            raise ValueError("DepthwiseConv2d needs group == in == out channels, an odd int kernel_size, "
+                             f"padding kernel_size // 2, stride in {STRIDES} and no bias")
+        self.portable = False
+        self.library = cpu_library()
+        self.kernel = depthwise_op(self.library, stride) if self.library else None
+
+    def construct(self, x):
+        return self.convolve(x, self.weight)
+
+    def convolve(self, x, weight):
+        """The convolution of `x` with `weight` (of this layer's weight shape)."""
+        if self.portable or self.kernel is None:
+            return self.conv2d(x, weight)
+        return self.kernel(x, weight)
+
+    def bias_act_op(self, activation):
+        """Custom op (x, weight, bias) -> activation(conv(x, weight) + bias[c]) in one C++ pass (inference with
+        folded BatchNorm), or None without the kernel."""
+        if self.kernel is None:
+            return None
+        return depthwise_bias_act_op(self.library, self.stride[0], activation)
 
 
 class UnfoldConv2d(Float32Kernels, nn.Conv2d):

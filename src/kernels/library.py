@@ -1,0 +1,99 @@
+"""The C++ kernel library: compiled from the *_kernel.cc files of this package with g++ on first use and cached
+(`kernel_library`), which target the layers being built run on (`built_for`), and the MindSpore AOT custom op of one
+of its functions (`aot`)."""
+import contextlib
+import hashlib
+import logging
+import os
+import subprocess
+import tempfile
+from ctypes import CDLL
+from pathlib import Path
+
+import mindspore as ms
+import mindspore.ops as ops
+
+SOURCES = tuple(Path(__file__).with_name(name)
+                for name in ("depthwise_kernel.cc", "bias_act_kernel.cc", "batchnorm_kernel.cc", "im2col_kernel.cc"))
+HEADERS = (Path(__file__).with_name("kernel_util.h"),)
+
+_library = {}
+_build_target = {"device": None}  # set by `built_for`
+
+
+def cache_dir() -> Path:
+    """Folder of the compiled kernel: $MOBILENET_ZOO_CACHE, else ~/.cache/mobilenet_zoo."""
+    return Path(os.environ.get("MOBILENET_ZOO_CACHE") or Path.home() / ".cache" / "mobilenet_zoo")
+
+
+def compiler_flags() -> list:
+    """g++ flags: AVX2 + FMA code where this CPU has them."""
+    try:
+        cpu_flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        cpu_flags = set()
+    vector = ["-mavx2", "-mfma"] if {"avx2", "fma"} <= cpu_flags else []
+    return ["-O3", *vector, "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared", "-std=c++17"]
+
+
+def _build() -> str:
+    source = b"".join(path.read_bytes() for path in SOURCES + HEADERS)
+    flags = compiler_flags()
+    key = hashlib.sha256(source + " ".join(flags).encode()).hexdigest()[:16]
+    target = cache_dir() / f"kernels_{key}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        try:
+            subprocess.run(["g++", *flags, *map(str, SOURCES), "-o", tmp], check=True, capture_output=True, text=True)
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    CDLL(str(target))
+    return str(target)
+
+
+def kernel_library():
+    """Path of the compiled kernel library (built once per source and flags, safe to build from several
+    processes at once: each writes a temporary file and renames it), or None with one warning if it fails."""
+    if "path" not in _library:
+        try:
+            _library["path"] = _build()
+        except (OSError, subprocess.CalledProcessError) as error:
+            lines = str(getattr(error, "stderr", None) or error).strip().splitlines() or [""]
+            reason = next((line for line in lines if "error" in line), lines[-1])
+            logging.getLogger(__name__).warning("C++ CPU kernels unavailable, using the built-in operators: %s",
+                                                reason)
+            _library["path"] = None
+    return _library["path"]
+
+
+def aot(library, symbol, out_shape, bprop=None, out_dtype=lambda x, *_: x):
+    """ops.Custom for `symbol` of the kernel library; `out_shape` / `out_dtype` map the inputs' shapes / dtypes to
+    the outputs' (by default one output of the first input's dtype)."""
+    return ops.Custom(f"{library}:{symbol}", out_shape=out_shape, out_dtype=out_dtype, func_type="aot",
+                      bprop=bprop)
+
+
+@contextlib.contextmanager
+def built_for(device_target: str):
+    """Layers built inside this block use the C++ kernels only if `device_target` is "CPU" (outside such a
+    block: if MindSpore's context device is), so a network can be built as it runs on another target."""
+    previous = _build_target["device"]
+    _build_target["device"] = device_target
+    try:
+        yield
+    finally:
+        _build_target["device"] = previous
+
+
+def building_for_cpu() -> bool:
+    """Whether layers built now run on CPU (see `built_for`)."""
+    return (_build_target["device"] or ms.get_context("device_target")) == "CPU"
+
+
+def cpu_library():
+    """The kernel library when building for CPU, else None."""
+    return kernel_library() if building_for_cpu() else None
