@@ -3,7 +3,7 @@
 For each model: graph compile time, training ms/step and img/s (forward + backward + optimizer, steady state,
 fixed batch), training img/s fed by the real JPEG pipeline, inference img/s, parameters, MACs, achieved
 GMAC/s (training counts 3x the forward MACs), and peak resident memory; plus the training data pipelines'
-img/s (CIFAR binary, and 224-pixel JPEGs with the zoo's recipe and with RandAugment + random erasing + mixup +
+img/s (CIFAR binary, and 500x375 JPEGs to 224 with the zoo's recipe and with RandAugment + random erasing + mixup +
 CutMix; decode + augment, no model).  Every timing is the median of `--repeats` runs of `--steps` steps.  Each
 model runs in a fresh process so that its memory peak and compile time are its own.  `--compare torch` measures the
 same architectures in PyTorch eager (torchvision's MobileNetV3; V1 from the same table) with the same threads, batch and
@@ -125,26 +125,26 @@ def measure_model(args, name: str, width: float, data_root: str) -> dict:
 
 
 HEAVY_RECIPE = {"auto_augment": "randaugment", "re_prob": 0.25, "mixup_alpha": 0.2, "cutmix_alpha": 1.0}
-JPEG_SIDE = 224
+JPEG_SIZE = (500, 375)  # width, height: the typical ImageNet photo
 
 
 def write_jpegs(data_root: str, per_class: int = 32) -> str:
-    """The demo's training digits enlarged to 224x224 JPEGs (`per_class` per class), as a class-folder tree; returns
-    its path.  Decoding cost is that of real 224-pixel photos."""
+    """The demo's training digits enlarged to 500x375 JPEGs (`per_class` per class), as a class-folder tree; returns
+    its path.  Decoding cost is that of ImageNet-sized photos."""
     from PIL import Image  # pylint: disable=import-outside-toplevel
     source = os.path.join(data_root, "imagefolder", "train")
-    target = os.path.join(data_root, f"jpeg{JPEG_SIDE}")
+    target = os.path.join(data_root, "jpeg{}x{}".format(*JPEG_SIZE))
     for name in sorted(os.listdir(source)):
         os.makedirs(os.path.join(target, name), exist_ok=True)
         for file in sorted(os.listdir(os.path.join(source, name)))[:per_class]:
             with Image.open(os.path.join(source, name, file)) as image:
-                image.convert("RGB").resize((JPEG_SIDE, JPEG_SIDE), Image.BILINEAR).save(
+                image.convert("RGB").resize(JPEG_SIZE, Image.BILINEAR).save(
                     os.path.join(target, name, file), "JPEG", quality=90)
     return target
 
 
 def measure_pipelines(args, data_root: str) -> dict:
-    """Training pipelines alone (decode + augment + batch): CIFAR binary at 32, and 224-pixel JPEGs at image_size with
+    """Training pipelines alone (decode + augment + batch): CIFAR binary at 32, and 500x375 JPEGs to image_size with
     the zoo's recipe (random resized crop, flip) and with the heaviest one (plus RandAugment, random erasing, mixup
     and CutMix)."""
     from src.dataset import create_dataset  # pylint: disable=import-outside-toplevel
