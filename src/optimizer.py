@@ -126,28 +126,25 @@ def _ema_step(decay, average, weight):
     return ops.assign(average, average * decay + weight * (1.0 - decay))
 
 
-class EMAMomentum(nn.Momentum):
-    """`nn.Momentum` that updates an `EMA` of `net`'s weights after each step (`ema.<name>` in checkpoints)."""
+def _with_ema(optimizer_class):
+    """`optimizer_class` that updates an `EMA` of `net`'s weights after each of its steps (`ema.<name>` in
+    checkpoints): constructed as optimizer_class(*args, **kwargs) plus (net, ema_decay, ema_warmup) first."""
 
-    def __init__(self, net, ema_decay, ema_warmup, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.ema = EMA(net, ema_decay, ema_warmup)
+    class WithEMA(optimizer_class):
+        def __init__(self, net, ema_decay, ema_warmup, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.ema = EMA(net, ema_decay, ema_warmup)
 
-    def construct(self, gradients):
-        updated = super().construct(gradients)
-        return ops.depend(updated, self.ema(ops.depend(self.global_step, updated)))
+        def construct(self, gradients):
+            updated = super().construct(gradients)
+            return ops.depend(updated, self.ema(ops.depend(self.global_step, updated)))
+
+    WithEMA.__name__ = WithEMA.__qualname__ = f"EMA{optimizer_class.__name__.replace('Exact', '')}"
+    return WithEMA
 
 
-class EMARMSProp(ExactRMSProp):
-    """`ExactRMSProp` that updates an `EMA` of `net`'s weights after each step (`ema.<name>` in checkpoints)."""
-
-    def __init__(self, net, ema_decay, ema_warmup, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.ema = EMA(net, ema_decay, ema_warmup)
-
-    def construct(self, gradients):
-        updated = super().construct(gradients)
-        return ops.depend(updated, self.ema(ops.depend(self.global_step, updated)))
+EMAMomentum = _with_ema(nn.Momentum)
+EMARMSProp = _with_ema(ExactRMSProp)
 
 
 @contextlib.contextmanager

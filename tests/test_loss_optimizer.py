@@ -170,7 +170,7 @@ def test_rmsprop_is_reproducible_and_exact():
     np.testing.assert_allclose(results[0], weight, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("optimizer,warmup", [("rmsprop", True)])
+@pytest.mark.parametrize("optimizer,warmup", [("rmsprop", True), ("momentum", False)])
 def test_ema_is_the_closed_form_average_of_the_recorded_weights(optimizer, warmup):
     """After each of 6 steps (graph mode, a real network with BatchNorm) the optimizer's `ema.<name>` equal
     d_n * ema + (1 - d_n) * w_n over the weights and BN statistics recorded after step n, from ema_0 = w_0; with warm-up
