@@ -282,3 +282,44 @@ def test_depthwise_with_bias_activation_matches_separate_ops(mode, activation, s
     grads = [ms.grad(net, grad_position=(0, 1), weights=[conv.weight])(x, bias, dy) for net in (fused, separate)]
     for got, want in zip([*grads[0][0], *grads[0][1]], [*grads[1][0], *grads[1][1]]):
         np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), rtol=1e-5, atol=1e-5)
+
+
+
+def output_and_grads(net, x):
+    """net(x), and the gradients of (net(x) * fixed random weights).sum() for x and every parameter."""
+    out = net(x)
+    dy = ms.Tensor(np.random.default_rng(9).standard_normal(out.shape).astype(np.float32))
+    dx, dweights = ms.grad(SumWith(net), grad_position=0, weights=net.trainable_params())(x, dy)
+    return [out.asnumpy(), dx.asnumpy()] + [g.asnumpy() for g in dweights]
+
+
+@pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], indirect=True)
+def test_squeeze_excite_and_shortcut_ops_match_builtin(mode):
+    """The C++ global mean, h-sigmoid gate (x * relu6(g + 3) / 6) and bias + shortcut ops equal the built-in
+    operators: a squeeze-excite block in training (output, input and parameter gradients; inputs large enough
+    that some gates saturate), global pooling, and an inverted residual block with its shortcut in inference."""
+    from src.models.mobilenet_v3 import InvertedResidual, SqueezeExcite  # pylint: disable=import-outside-toplevel
+    from src.models.layers import GlobalAvgPool  # pylint: disable=import-outside-toplevel
+    rng = np.random.default_rng(3)
+    x = ms.Tensor((rng.standard_normal((3, 24, 7, 9)) + rng.normal(0, 3, (3, 24, 1, 1))).astype(np.float32))
+    for make in (lambda: SqueezeExcite(24), GlobalAvgPool, lambda: GlobalAvgPool(keep_dims=True)):
+        fast, builtin = make(), use_portable_ops(make())
+        if isinstance(fast, SqueezeExcite):
+            assert fast.gate_and_scale is not None
+            fast.expand.weight.set_data(fast.expand.weight.data * 4)
+            logits = fast.expand(fast.relu(fast.reduce(fast.pool(x)))).asnumpy()
+            assert (np.abs(logits) > 3).mean() > 0.1 and (np.abs(logits) < 3).mean() > 0.1  # both sides of the kinks
+        else:
+            assert fast.mean is not None
+        ms.load_param_into_net(builtin, {p.name: p.clone() for p in fast.get_parameters()})
+        for want, got in zip(output_and_grads(builtin, x), output_and_grads(fast, x)):
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(want).max()))
+    blocks = [InvertedResidual(24, 3, 72, 24, True, "hswish", 1) for _ in range(2)]
+    fast, builtin = blocks[0], use_portable_ops(blocks[1])
+    assert fast.block[-1].bias_residual is not None
+    ms.load_param_into_net(builtin, {p.name: p.clone() for p in fast.get_parameters()})
+    for block in blocks:
+        block.set_train(False)
+    want, got = builtin(x).asnumpy(), fast(x).asnumpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

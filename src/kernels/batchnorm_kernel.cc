@@ -44,11 +44,8 @@ int Forward(int nparam, void** params, int* ndims, int64_t** shapes, const char*
   float* var_out = static_cast<float*>(params[6]);
   const double count = static_cast<double>(s.n * s.plane);
   const int64_t body = s.plane / kV8 * kV8;
-#pragma omp parallel if (Parallel(s))
-  {
-    FlushDenormals flush;
-#pragma omp for schedule(static)
-    for (int64_t c = 0; c < s.c; ++c) {
+  ParallelFor(s.c, Parallel(s), [&](int64_t first, int64_t last) {
+    for (int64_t c = first; c < last; ++c) {
       const float shift = x[c * s.plane];
       double sum = 0.0, sumsq = 0.0;
       for (int64_t n = 0; n < s.n; ++n) {
@@ -83,7 +80,7 @@ int Forward(int nparam, void** params, int* ndims, int64_t** shapes, const char*
         for (int64_t j = body; j < s.plane; ++j) dst[j] = Act::Apply(src[j] * scale + bias);
       }
     }
-  }
+  });
   return 0;
 }
 
@@ -103,11 +100,8 @@ int Backward(int nparam, void** params, int* ndims, int64_t** shapes, const char
   float* dbeta = static_cast<float*>(params[9]);
   const double count = static_cast<double>(s.n * s.plane);
   const int64_t body = s.plane / kV8 * kV8;
-#pragma omp parallel if (Parallel(s))
-  {
-    FlushDenormals flush;
-#pragma omp for schedule(static)
-    for (int64_t c = 0; c < s.c; ++c) {
+  ParallelFor(s.c, Parallel(s), [&](int64_t first, int64_t last) {
+    for (int64_t c = first; c < last; ++c) {
       const double invstd = 1.0 / std::sqrt(static_cast<double>(var_in[c]) + eps);
       const float mean = mean_in[c];
       const float scale = static_cast<float>(gamma[c] * invstd);
@@ -151,7 +145,7 @@ int Backward(int nparam, void** params, int* ndims, int64_t** shapes, const char
         }
       }
     }
-  }
+  });
   return 0;
 }
 

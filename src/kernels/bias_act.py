@@ -33,3 +33,16 @@ def bias_act_op(activation):
     if library is None:
         return None
     return aot(library, f"Bias{ACTIVATION_SYMBOLS[activation]}", lambda x, b: x, _bias_act_bprop(activation))
+
+
+def bias_residual_op():
+    """Custom op y = (x + bias[c]) + residual on NCHW x in one pass, or None where the kernel library is unavailable
+    or the target is not CPU."""
+    library = cpu_library()
+    if library is None:
+        return None
+
+    def bprop(x, bias, residual, out, dout):
+        return dout, dout.sum(axis=(0, 2, 3)), dout
+
+    return aot(library, "BiasResidual", lambda x, b, r: x, bprop)

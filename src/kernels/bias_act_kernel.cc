@@ -21,11 +21,8 @@ int BiasAct(int nparam, void** params, int* ndims, int64_t** shapes, const char*
   const float* x = static_cast<const float*>(params[0]);
   const float* bias = static_cast<const float*>(params[1]);
   float* y = static_cast<float*>(params[2]);
-#pragma omp parallel if (n * c * plane > 65536)
-  {
-    FlushDenormals flush;
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < n * c; ++i) {
+  ParallelFor(n * c, n * c * plane > 65536, [&](int64_t first, int64_t last) {
+    for (int64_t i = first; i < last; ++i) {
       const float b = bias[i % c];
       const float* src = x + i * plane;
       float* dst = y + i * plane;
@@ -33,7 +30,7 @@ int BiasAct(int nparam, void** params, int* ndims, int64_t** shapes, const char*
       for (int64_t j = 0; j < body; j += kV8) Store(dst + j, Act::Apply(Load(src + j) + b));
       for (int64_t j = body; j < plane; ++j) dst[j] = Act::Apply(src[j] + b);
     }
-  }
+  });
   return 0;
 }
 
@@ -77,3 +74,37 @@ int Fold(int nparam, void** params, int* ndims, int64_t** shapes, const char** d
 }  // namespace
 
 AOT_EXPORT(FoldBatchNorm, Fold)
+
+// Bias + residual in one pass (inference: the linear projection of an inverted residual block with its BatchNorm
+// folded, then the shortcut): BiasResidual(x, bias, r) -> y[n, c, ...] = (x[n, c, ...] + bias[c]) + r[n, c, ...].
+// MindSpore's Add took 2-3 ms per block at batch 32 (MobileNetV3-small: a tenth of inference, measured).
+namespace {
+
+int AddBiasResidual(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
+  if (nparam != 4 || ndims[0] < 2 || ndims[1] != 1 || ndims[2] != ndims[0] || !AllFloat32(nparam, dtypes)) return 1;
+  const int64_t n = shapes[0][0], c = shapes[0][1];
+  if (shapes[1][0] != c) return 1;
+  int64_t plane = 1;
+  for (int d = 0; d < ndims[0]; ++d) {
+    if (shapes[2][d] != shapes[0][d]) return 1;
+    if (d >= 2) plane *= shapes[0][d];
+  }
+  const float* x = static_cast<const float*>(params[0]);
+  const float* bias = static_cast<const float*>(params[1]);
+  const float* r = static_cast<const float*>(params[2]);
+  float* y = static_cast<float*>(params[3]);
+  ParallelFor(n * c, n * c * plane > 65536, [&](int64_t first, int64_t last) {
+    for (int64_t i = first; i < last; ++i) {
+      const float b = bias[i % c];
+      const int64_t at = i * plane;
+      const int64_t body = plane / kV8 * kV8;
+      for (int64_t j = 0; j < body; j += kV8) Store(y + at + j, (Load(x + at + j) + b) + Load(r + at + j));
+      for (int64_t j = body; j < plane; ++j) y[at + j] = (x[at + j] + b) + r[at + j];
+    }
+  });
+  return 0;
+}
+
+}  // namespace
+
+AOT_EXPORT(BiasResidual, AddBiasResidual)

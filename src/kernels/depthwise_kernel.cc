@@ -99,13 +99,10 @@ template <typename Body>
 void ForPlanes(const Geometry& g, int64_t scratch_size, Body body) {
   const int64_t planes = g.n * g.c;
   const bool parallel = planes > 1 && planes * g.ho * g.wo * g.k * g.k > 32768;
-#pragma omp parallel if (parallel)
-  {
-    FlushDenormals flush;
+  ParallelFor(planes, parallel, [&](int64_t first, int64_t last) {
     std::vector<float> scratch(scratch_size);
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < planes; ++i) body(i, scratch.data());
-  }
+    for (int64_t i = first; i < last; ++i) body(i, scratch.data());
+  });
 }
 
 // The passes work on a "grid" of ho rows of pw columns (the phase-plane width >= wo): grid position
@@ -115,21 +112,22 @@ void ForPlanes(const Geometry& g, int64_t scratch_size, Body body) {
 constexpr int64_t CHUNK = 32;
 
 // Four 8-float vectors make one CHUNK, kept in registers (GCC vector extension; unaligned loads and stores).
+constexpr int kVectors = CHUNK / 8;
 typedef float Vec __attribute__((vector_size(32), aligned(4)));
 struct Chunk {
-  Vec v[4] = {};
+  Vec v[kVectors] = {};
   void MulAdd(float w, const float* p) {  // v += w * p[0..CHUNK), a multiply then an add (no FMA)
     const Vec* q = reinterpret_cast<const Vec*>(p);
-    for (int i = 0; i < 4; ++i) v[i] += w * q[i];
+    for (int i = 0; i < kVectors; ++i) v[i] += w * q[i];
   }
   void MulAdd(const float* a, const float* b) {  // v += a * b elementwise
     const Vec* p = reinterpret_cast<const Vec*>(a);
     const Vec* q = reinterpret_cast<const Vec*>(b);
-    for (int i = 0; i < 4; ++i) v[i] += p[i] * q[i];
+    for (int i = 0; i < kVectors; ++i) v[i] += p[i] * q[i];
   }
   void Store(float* p) const {
     Vec* q = reinterpret_cast<Vec*>(p);
-    for (int i = 0; i < 4; ++i) q[i] = v[i];
+    for (int i = 0; i < kVectors; ++i) q[i] = v[i];
   }
 };
 
@@ -173,7 +171,7 @@ int ForwardImpl(int nparam, void** params, int* ndims, int64_t** shapes, const c
       Chunk acc;
       for (int64_t t = 0; t < taps; ++t) acc.MulAdd(wc[t], phases + offsets[t] + t0);  // row-major tap order
       if (kBias) {
-        for (int v = 0; v < 4; ++v) acc.v[v] = Act::Apply(acc.v[v] + b);
+        for (int v = 0; v < kVectors; ++v) acc.v[v] = Act::Apply(acc.v[v] + b);
       }
       acc.Store(out + t0);
     }
@@ -249,15 +247,12 @@ int WeightGrad(int nparam, void** params, int* ndims, int64_t** shapes, const ch
   const bool parallel = g.c > 1 && g.n * g.c * g.ho * g.wo * taps > 32768;
   // One channel per task, its images summed in order n = 0, 1, ..., so the result does not depend on the
   // number of threads.
-#pragma omp parallel if (parallel)
-  {
-    FlushDenormals flush;
+  ParallelFor(g.c, parallel, [&](int64_t first, int64_t last) {
     std::vector<float> scratch(PhaseBufferSize(g) + GradGridSize(g));
     std::vector<Chunk> sums(taps);  // per tap: CHUNK partial sums over the channel's images and positions
     int64_t offsets[64];
     for (int64_t t = 0; t < taps; ++t) offsets[t] = g.offset(t / g.k, t % g.k, 0);
-#pragma omp for schedule(static)
-    for (int64_t c = 0; c < g.c; ++c) {
+    for (int64_t c = first; c < last; ++c) {
       std::fill(sums.begin(), sums.end(), Chunk());
       float* phases = scratch.data();
       float* dgrid = phases + PhaseBufferSize(g);
@@ -279,7 +274,7 @@ int WeightGrad(int nparam, void** params, int* ndims, int64_t** shapes, const ch
         dw[c * taps + t] = static_cast<float>(sum);
       }
     }
-  }
+  });
   return 0;
 }
 

@@ -49,26 +49,27 @@ int Im2Col(int nparam, void** params, int* ndims, int64_t** shapes, const char**
   const float* x = static_cast<const float*>(params[0]);
   float* cols = static_cast<float*>(params[1]);
   const int64_t taps = g.k * g.k, planes = g.n * g.c * taps;
-#pragma omp parallel for schedule(static) if (planes * g.ho * g.wo > 65536)
-  for (int64_t i = 0; i < planes; ++i) {
-    const int64_t t = i % taps, kh = t / g.k, kw = t % g.k;
-    const float* src = x + (i / taps) * g.h * g.w;
-    float* dst = cols + i * g.ho * g.wo;
-    int64_t begin, end;
-    ValidColumns<S>(g, kw, &begin, &end);
-    for (int64_t oh = 0; oh < g.ho; ++oh) {
-      float* row = dst + oh * g.wo;
-      const int64_t iy = S * oh + kh - g.p;
-      if (iy < 0 || iy >= g.h) {
-        std::memset(row, 0, g.wo * sizeof(float));
-        continue;
+  ParallelFor(planes, planes * g.ho * g.wo > 65536, [&](int64_t first, int64_t last) {
+    for (int64_t i = first; i < last; ++i) {
+      const int64_t t = i % taps, kh = t / g.k, kw = t % g.k;
+      const float* src = x + (i / taps) * g.h * g.w;
+      float* dst = cols + i * g.ho * g.wo;
+      int64_t begin, end;
+      ValidColumns<S>(g, kw, &begin, &end);
+      for (int64_t oh = 0; oh < g.ho; ++oh) {
+        float* row = dst + oh * g.wo;
+        const int64_t iy = S * oh + kh - g.p;
+        if (iy < 0 || iy >= g.h) {
+          std::memset(row, 0, g.wo * sizeof(float));
+          continue;
+        }
+        const float* in = src + iy * g.w + kw - g.p;
+        for (int64_t ow = 0; ow < begin; ++ow) row[ow] = 0.0f;
+        for (int64_t ow = begin; ow < end; ++ow) row[ow] = in[S * ow];
+        for (int64_t ow = end; ow < g.wo; ++ow) row[ow] = 0.0f;
       }
-      const float* in = src + iy * g.w + kw - g.p;
-      for (int64_t ow = 0; ow < begin; ++ow) row[ow] = 0.0f;
-      for (int64_t ow = begin; ow < end; ++ow) row[ow] = in[S * ow];
-      for (int64_t ow = end; ow < g.wo; ++ow) row[ow] = 0.0f;
     }
-  }
+  });
   return 0;
 }
 
@@ -79,24 +80,25 @@ int Col2Im(int nparam, void** params, int* ndims, int64_t** shapes, const char**
   const float* cols = static_cast<const float*>(params[1]);
   float* dx = static_cast<float*>(params[2]);
   const int64_t taps = g.k * g.k, planes = g.n * g.c;
-#pragma omp parallel for schedule(static) if (planes * taps * g.ho * g.wo > 65536)
-  for (int64_t i = 0; i < planes; ++i) {  // one input plane per task: the same sums for any thread count
-    float* dst = dx + i * g.h * g.w;
-    std::memset(dst, 0, g.h * g.w * sizeof(float));
-    for (int64_t t = 0; t < taps; ++t) {
-      const int64_t kh = t / g.k, kw = t % g.k;
-      const float* src = cols + (i * taps + t) * g.ho * g.wo;
-      int64_t begin, end;
-      ValidColumns<S>(g, kw, &begin, &end);
-      for (int64_t oh = 0; oh < g.ho; ++oh) {
-        const int64_t iy = S * oh + kh - g.p;
-        if (iy < 0 || iy >= g.h) continue;
-        float* out = dst + iy * g.w + kw - g.p;
-        const float* row = src + oh * g.wo;
-        for (int64_t ow = begin; ow < end; ++ow) out[S * ow] += row[ow];
+  ParallelFor(planes, planes * taps * g.ho * g.wo > 65536, [&](int64_t first, int64_t last) {
+    for (int64_t i = first; i < last; ++i) {  // one input plane per task: the same sums for any thread count
+      float* dst = dx + i * g.h * g.w;
+      std::memset(dst, 0, g.h * g.w * sizeof(float));
+      for (int64_t t = 0; t < taps; ++t) {
+        const int64_t kh = t / g.k, kw = t % g.k;
+        const float* src = cols + (i * taps + t) * g.ho * g.wo;
+        int64_t begin, end;
+        ValidColumns<S>(g, kw, &begin, &end);
+        for (int64_t oh = 0; oh < g.ho; ++oh) {
+          const int64_t iy = S * oh + kh - g.p;
+          if (iy < 0 || iy >= g.h) continue;
+          float* out = dst + iy * g.w + kw - g.p;
+          const float* row = src + oh * g.wo;
+          for (int64_t ow = begin; ow < end; ++ow) out[S * ow] += row[ow];
+        }
       }
     }
-  }
+  });
   return 0;
 }
 

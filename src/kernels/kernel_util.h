@@ -7,6 +7,8 @@
 #include <xmmintrin.h>
 #endif
 
+#include <omp.h>
+
 #include <cstdint>
 
 // Exports `name` with the signature of a MindSpore AOT custom op, calling the kernel function given after it
@@ -26,7 +28,7 @@ inline bool AllFloat32(int n, const char** dtypes) {
 }
 
 // Treats denormal floats as zero while alive (restores the thread's previous mode): tiny gradients otherwise
-// made the kernels 2x slower.  Construct one inside each OpenMP parallel region.
+// made the kernels 2x slower.  ParallelFor holds one around each range.
 class FlushDenormals {
  public:
 #if defined(__SSE__)
@@ -37,6 +39,22 @@ class FlushDenormals {
   unsigned int saved_;
 #endif
 };
+
+// Runs body(first, last) over [0, n) split into contiguous ranges, one per OpenMP thread (as its static
+// schedule), each with denormals flushed; all of it on the calling thread when `parallel` is false.
+// (src/__init__.py makes OpenMP's idle threads sleep: spinning, they took the cores from MindSpore's threads.)
+template <typename Body>
+void ParallelFor(int64_t n, bool parallel, Body body) {
+#pragma omp parallel if (parallel && n > 1)
+  {
+    const int64_t parts = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t first = n * t / parts, last = n * (t + 1) / parts;
+    if (first < last) {
+      FlushDenormals flush;
+      body(first, last);
+    }
+  }
+}
 
 // Eight floats (GCC vector extension): explicit vector code that neither depends on the compiler proving that
 // buffers do not alias (MindSpore may hand an op the same buffer as input and output) nor has data branches.

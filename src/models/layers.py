@@ -8,10 +8,11 @@ from mindspore import Parameter, Tensor
 
 from src.distributed import rank_and_size
 from src.kernels.batchnorm import batchnorm_train_op, fold_batchnorm_op
-from src.kernels.bias_act import bias_act_op
+from src.kernels.bias_act import bias_act_op, bias_residual_op
 from src.kernels.depthwise import STRIDES, depthwise_bias_act_op, depthwise_op
 from src.kernels.im2col import im2col_op
 from src.kernels.library import building_for_cpu, cpu_library
+from src.kernels.squeeze_excite import global_mean_op
 
 BN_MOMENTUM = 0.99
 BN_EPS = 1e-3  # ours, torchvision's and TF's; timm's and mindcv's weights were trained with 1e-5
@@ -183,9 +184,21 @@ class ConvBNAct(Float32Kernels, nn.SequentialCell):
         conv = layers[0]
         self.conv_bias_act = conv.bias_act_op(activation) if isinstance(conv, DepthwiseConv2d) else None
         self.bias_act = bias_act_op(activation) if self.conv_bias_act is None else None
+        self.bias_residual = bias_residual_op() if activation is None else None
         self.eps = Tensor([layers[1].eps], ms.float32)
 
-    def construct(self, x):
+    def construct(self, x, residual=None):
+        """conv -> BatchNorm -> activation of `x`, plus `residual` if given (in inference with the kernels, in
+        the same pass as the bias of the folded BatchNorm)."""
+        if residual is None:
+            return self._conv_bn_act(x)
+        if self.portable or self.bn_act is None or self.training or self.bias_residual is None:
+            return self._conv_bn_act(x) + residual
+        conv, bn = self.cell_list[0], self.cell_list[1]
+        weight, bias = self.fold(conv.weight, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance, self.eps)
+        return self.bias_residual(conv.convolve(x, weight), bias, residual)
+
+    def _conv_bn_act(self, x):
         if self.portable or self.bn_act is None:
             for cell in self.cell_list:
                 x = cell(x)
@@ -235,20 +248,25 @@ def conv_bn_act(in_channels: int, out_channels: int, kernel_size: int = 1, strid
     return ConvBNAct(layers, activation)
 
 
-class GlobalAvgPool(nn.Cell):
-    """Mean over height and width: (N, C), or (N, C, 1, 1) with `keep_dims`.  An average pool over the whole
-    map (faster backward on CPU than a mean: no Tile / ReduceSum), or with `portable` set (see
-    `use_portable_ops`) `ops.mean`, which ONNX export supports."""
+class GlobalAvgPool(Float32Kernels, nn.Cell):
+    """Mean over height and width: (N, C), or (N, C, 1, 1) with `keep_dims`.  The C++ mean on CPU
+    (`global_mean_op`); else an average pool over the whole map (faster backward than a mean: no Tile /
+    ReduceSum); with `portable` set (see `use_portable_ops`, `Float32Kernels`) `ops.mean`, which ONNX export
+    supports."""
 
     def __init__(self, keep_dims: bool = False):
         super().__init__()
         self.keep_dims = keep_dims
         self.portable = False
+        self.mean = global_mean_op()
 
     def construct(self, x):
         if self.portable:
             return ops.mean(x, axis=(2, 3), keep_dims=self.keep_dims)
-        pooled = ops.avg_pool2d(x, kernel_size=(x.shape[2], x.shape[3]))
+        if self.mean is None:
+            pooled = ops.avg_pool2d(x, kernel_size=(x.shape[2], x.shape[3]))
+        else:
+            pooled = self.mean(x)
         return pooled if self.keep_dims else pooled.reshape(x.shape[0], x.shape[1])
 
 

@@ -7,7 +7,8 @@ ratio of the 1.0 table is kept at every width.
 import mindspore.nn as nn
 from mindspore.common.initializer import HeNormal, Normal, initializer
 
-from src.models.layers import ACTIVATIONS, GlobalAvgPool, conv_bn_act, make_divisible, make_dropout
+from src.kernels.squeeze_excite import hsigmoid_gate_op
+from src.models.layers import ACTIVATIONS, Float32Kernels, GlobalAvgPool, conv_bn_act, make_divisible, make_dropout
 
 STEM_CHANNELS = 16
 # kernel, expansion channels, output channels, squeeze-excite, activation, stride (width 1.0)
@@ -46,8 +47,10 @@ ARCHS = {"small": (SMALL_BLOCKS, 576, 1024), "large": (LARGE_BLOCKS, 960, 1280)}
 WIDTHS = (0.75, 1.0)
 
 
-class SqueezeExcite(nn.Cell):
-    """Global pool -> 1x1 conv (bias) -> ReLU -> 1x1 conv (bias) -> hard-sigmoid, scaling the input."""
+class SqueezeExcite(Float32Kernels, nn.Cell):
+    """Global pool -> 1x1 conv (bias) -> ReLU -> 1x1 conv (bias) -> hard-sigmoid, scaling the input; the gate and
+    the scaling are one C++ op on CPU (`hsigmoid_gate_op`) unless `portable` is set (see `use_portable_ops`,
+    `Float32Kernels`)."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -57,9 +60,14 @@ class SqueezeExcite(nn.Cell):
         self.expand = nn.Conv2d(squeeze, channels, 1, has_bias=True)
         self.gate = ACTIVATIONS["hsigmoid"]()
         self.pool = GlobalAvgPool(keep_dims=True)
+        self.portable = False
+        self.gate_and_scale = hsigmoid_gate_op()
 
     def construct(self, x):
-        return x * self.gate(self.expand(self.relu(self.reduce(self.pool(x)))))
+        logits = self.expand(self.relu(self.reduce(self.pool(x))))
+        if self.portable or self.gate_and_scale is None:
+            return x * self.gate(logits)
+        return self.gate_and_scale(x, logits)
 
 
 class InvertedResidual(nn.Cell):
@@ -78,10 +86,12 @@ class InvertedResidual(nn.Cell):
         self.use_residual = stride == 1 and in_ch == out_ch
 
     def construct(self, x):
-        out = self.block(x)
-        if self.use_residual:
-            out = out + x
-        return out
+        if not self.use_residual:
+            return self.block(x)
+        out = x
+        for cell in self.block.cell_list[:-1]:
+            out = cell(out)
+        return self.block.cell_list[-1](out, x)  # the projection adds the shortcut
 
 
 class MobileNetV3(nn.Cell):
