@@ -306,7 +306,8 @@ def test_squeeze_excite_and_shortcut_ops_match_builtin(mode):
         fast, builtin = make(), use_portable_ops(make())
         if isinstance(fast, SqueezeExcite):
             assert fast.gate_and_scale is not None
-            fast.expand.weight.set_data(fast.expand.weight.data * 4)
+            for param in fast.get_parameters():
+                param.set_data(ms.Tensor(rng.normal(0, 0.5, param.shape).astype(np.float32)))
             logits = fast.expand(fast.relu(fast.reduce(fast.pool(x)))).asnumpy()
             assert (np.abs(logits) > 3).mean() > 0.1 and (np.abs(logits) < 3).mean() > 0.1  # both sides of the kinks
         else:
@@ -323,3 +324,26 @@ def test_squeeze_excite_and_shortcut_ops_match_builtin(mode):
         block.set_train(False)
     want, got = builtin(x).asnumpy(), fast(x).asnumpy()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], indirect=True)
+@pytest.mark.parametrize("activation", ["relu", "hswish"])
+def test_stem_in_inference_matches_builtin(mode, activation):
+    """The stem (3x3 at stride 2, 3 -> 8 channels) in inference as one direct C++ op (BatchNorm folded, bias +
+    activation in its epilogue) equals conv -> BatchNorm -> activation: output, input and parameter gradients,
+    for odd, even and non-square images (outputs not a multiple of the kernel's 16-column block)."""
+    nets = [conv_bn_act(3, 8, 3, 2, activation=activation) for _ in range(2)]
+    fast, builtin = nets[0], use_portable_ops(nets[1])
+    assert fast.conv_bias_act is not None
+    rng = np.random.default_rng(5)
+    for param in fast.get_parameters():
+        if param.name.endswith(("gamma", "beta", "moving_mean", "moving_variance")):
+            param.set_data(ms.Tensor(rng.uniform(0.5, 1.5, param.shape).astype(np.float32)))
+    ms.load_param_into_net(builtin, {p.name: p.clone() for p in fast.get_parameters()})
+    for net in nets:
+        net.set_train(False)
+    for seed, shape in enumerate(((2, 3, 9, 11), (3, 3, 16, 16), (1, 3, 7, 6), (2, 3, 40, 37))):
+        x = random_input(*shape, seed=seed)
+        for want, got in zip(output_and_grads(builtin, x), output_and_grads(fast, x)):
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(want).max()))

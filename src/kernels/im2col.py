@@ -1,4 +1,8 @@
-"""im2col: the dense k x k stem convolution as a 1x1 convolution (a GEMM) on CPU; its gradient is col2im."""
+"""im2col: the dense k x k stem convolution as a 1x1 convolution (a GEMM) on CPU, its gradient col2im; and the stem's
+inference (3x3 at stride 2, bias + activation) as one direct op."""
+import mindspore.ops as ops
+
+from src.kernels.bias_act import ACTIVATION_SYMBOLS, activation_grad
 from src.kernels.depthwise import STRIDES
 from src.kernels.library import aot, cpu_library
 
@@ -21,3 +25,29 @@ def im2col_op(kernel_size: int, stride: int):
         return [x[0], x[1] * k * k, (x[2] + 2 * pad - k) // stride + 1, (x[3] + 2 * pad - k) // stride + 1]
 
     return aot(library, f"Im2ColS{stride}", out_shape, bprop)
+
+
+def stem_bias_act_op(activation):
+    """Custom op y = activation(conv3x3(x, w, stride 2, padding 1) + bias[o]) computed directly (inference of the
+    stem with BatchNorm folded), with its gradient (through im2col) as bprop; None where the kernel library is
+    unavailable or the target is not CPU."""
+    library = cpu_library()
+    if library is None:
+        return None
+    im2col = im2col_op(3, 2)
+    col2im = aot(library, "Col2ImS2", lambda x, cols: x)
+
+    def bprop(x, w, bias, out, dout):
+        cols = im2col(x)  # (N, C * 9, Ho, Wo)
+        o, taps = w.shape[0], w.shape[1] * 9
+        matrix = w.reshape(o, taps)
+        z = ops.bias_add(ops.conv2d(cols, matrix.reshape(o, taps, 1, 1)), bias)
+        dz = activation_grad(z, dout, activation)
+        dx = col2im(x, ops.conv2d(dz, matrix.transpose(1, 0).reshape(taps, o, 1, 1)))
+        dw = ops.matmul(dz.transpose(1, 0, 2, 3).reshape(o, -1), cols.transpose(1, 0, 2, 3).reshape(taps, -1).T)
+        return dx, dw.reshape(w.shape), dz.sum(axis=(0, 2, 3))
+
+    def out_shape(x, w, bias):
+        return [x[0], w[0], (x[2] - 1) // 2 + 1, (x[3] - 1) // 2 + 1]
+
+    return aot(library, f"StemConv3x3S2{ACTIVATION_SYMBOLS[activation]}", out_shape, bprop)

@@ -3,9 +3,11 @@
 //   Im2ColS{1,2}(x) -> cols        cols[n, (c * k + kh) * k + kw, oh, ow] = x[n, c, s * oh + kh - p, s * ow + kw - p]
 //   Col2ImS{1,2}(x, dcols) -> dx   the sum of the columns back into the input (x gives only the shape)
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "kernel_util.h"
 
@@ -108,3 +110,106 @@ AOT_EXPORT(Im2ColS1, Im2Col<1>)
 AOT_EXPORT(Im2ColS2, Im2Col<2>)
 AOT_EXPORT(Col2ImS1, Col2Im<1>)
 AOT_EXPORT(Col2ImS2, Col2Im<2>)
+
+// The stem in inference: a dense 3x3 convolution at stride 2 (padding 1) of a few input channels with bias +
+// activation (BatchNorm folded), computed directly: NCHW float32 x (N, C, H, W), w (O, C, 3, 3), bias (O,)
+//   StemConv3x3S2{Identity,ReLU,ReLU6,HSwish}(x, w, bias) -> y (N, O, Ho, Wo), O even
+// One task per output row: the three input rows of each channel are split into even and odd columns, so every
+// tap of 16 neighbouring outputs is two vector loads, shared by two output channels; taps are summed in
+// im2col's column order (c, kh, kw) with fused multiply-adds.
+// Replaces im2col + a 1x1 convolution (GEMM with K = 27) + a bias pass: 25 ms -> ~5 ms for MobileNetV1's stem.
+namespace {
+
+constexpr int64_t kStemBlock = 16;
+
+template <typename Act>
+int StemConv3x3S2(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
+  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 1 || ndims[3] != 4 || !AllFloat32(4, dtypes))
+    return 1;
+  const int64_t n = shapes[0][0], c = shapes[0][1], h = shapes[0][2], w = shapes[0][3], o = shapes[1][0];
+  const int64_t ho = (h - 1) / 2 + 1, wo = (w - 1) / 2 + 1;
+  if (shapes[1][1] != c || shapes[1][2] != 3 || shapes[1][3] != 3 || shapes[2][0] != o || shapes[3][0] != n ||
+      shapes[3][1] != o || shapes[3][2] != ho || shapes[3][3] != wo || o % 2 != 0)
+    return 1;
+  const float* x = static_cast<const float*>(params[0]);
+  const float* weight = static_cast<const float*>(params[1]);
+  const float* bias = static_cast<const float*>(params[2]);
+  float* y = static_cast<float*>(params[3]);
+  const int64_t blocks = (wo + kStemBlock - 1) / kStemBlock;
+  const int64_t span = blocks * kStemBlock + 1;  // phase row length: outputs, one column of lead, zero slack
+  ParallelFor(n * ho, n * ho * o * wo > 65536, [&](int64_t first, int64_t last) {
+    // rows[(ci * 3 + kh) * 2 + phase]: even[j] = x[2j], odd[j] = x[2j - 1] of input row 2 * oh + kh - 1
+    std::vector<float> rows(c * 3 * 2 * span);
+    float out[kStemBlock];
+    for (int64_t task = first; task < last; ++task) {
+      const int64_t b = task / ho, oh = task % ho;
+      std::fill(rows.begin(), rows.end(), 0.0f);
+      for (int64_t ci = 0; ci < c; ++ci) {
+        for (int64_t kh = 0; kh < 3; ++kh) {
+          const int64_t iy = 2 * oh + kh - 1;
+          if (iy < 0 || iy >= h) continue;
+          const float* src = x + ((b * c + ci) * h + iy) * w;
+          float* even = rows.data() + ((ci * 3 + kh) * 2) * span;
+          float* odd = even + span;
+          for (int64_t j = 0; 2 * j < w; ++j) even[j] = src[2 * j];
+          for (int64_t j = 1; 2 * j - 1 < w; ++j) odd[j] = src[2 * j - 1];
+        }
+      }
+      for (int64_t oc = 0; oc < o; oc += 2) {  // two output channels share every load
+        const float* f0 = weight + oc * c * 9;
+        const float* f1 = f0 + c * 9;
+        float* dst0 = y + ((b * o + oc) * ho + oh) * wo;
+        float* dst1 = dst0 + ho * wo;
+        for (int64_t at = 0; at < wo; at += kStemBlock) {
+          V8 a00 = Splat<V8>(0.0f), a01 = a00, a10 = a00, a11 = a00;  // (output channel, 8 columns)
+          for (int64_t r = 0; r < c * 3; ++r) {
+            const float* even = rows.data() + r * 2 * span + at;
+            const float* odd = even + span;
+            const float* g0 = f0 + r * 3;
+            const float* g1 = f1 + r * 3;
+            V8 lo = Load(odd), hi = Load(odd + kV8);  // input columns 2 ow - 1
+            a00 = MulAdd(a00, g0[0], lo);
+            a01 = MulAdd(a01, g0[0], hi);
+            a10 = MulAdd(a10, g1[0], lo);
+            a11 = MulAdd(a11, g1[0], hi);
+            lo = Load(even);  // 2 ow
+            hi = Load(even + kV8);
+            a00 = MulAdd(a00, g0[1], lo);
+            a01 = MulAdd(a01, g0[1], hi);
+            a10 = MulAdd(a10, g1[1], lo);
+            a11 = MulAdd(a11, g1[1], hi);
+            lo = Load(odd + 1);  // 2 ow + 1
+            hi = Load(odd + 1 + kV8);
+            a00 = MulAdd(a00, g0[2], lo);
+            a01 = MulAdd(a01, g0[2], hi);
+            a10 = MulAdd(a10, g1[2], lo);
+            a11 = MulAdd(a11, g1[2], hi);
+          }
+          const int64_t count = std::min<int64_t>(kStemBlock, wo - at);
+          const float b0 = bias[oc], b1 = bias[oc + 1];
+          if (count == kStemBlock) {
+            Store(dst0 + at, Act::Apply(a00 + b0));
+            Store(dst0 + at + kV8, Act::Apply(a01 + b0));
+            Store(dst1 + at, Act::Apply(a10 + b1));
+            Store(dst1 + at + kV8, Act::Apply(a11 + b1));
+            continue;
+          }
+          Store(out, Act::Apply(a00 + b0));
+          Store(out + kV8, Act::Apply(a01 + b0));
+          std::copy(out, out + count, dst0 + at);
+          Store(out, Act::Apply(a10 + b1));
+          Store(out + kV8, Act::Apply(a11 + b1));
+          std::copy(out, out + count, dst1 + at);
+        }
+      }
+    }
+  });
+  return 0;
+}
+
+}  // namespace
+
+AOT_EXPORT(StemConv3x3S2Identity, StemConv3x3S2<Identity>)
+AOT_EXPORT(StemConv3x3S2ReLU, StemConv3x3S2<ReLU>)
+AOT_EXPORT(StemConv3x3S2ReLU6, StemConv3x3S2<ReLU6>)
+AOT_EXPORT(StemConv3x3S2HSwish, StemConv3x3S2<HSwish>)

@@ -6,6 +6,9 @@
 #if defined(__SSE__)
 #include <xmmintrin.h>
 #endif
+#if defined(__FMA__)
+#include <immintrin.h>
+#endif
 
 #include <omp.h>
 
@@ -69,6 +72,15 @@ inline void Store(float* p, V8 v) { std::memcpy(p, &v, sizeof v); }
 template <typename T>
 inline T Splat(float v) {
   return T{} + v;
+}
+// acc + w * x, as one fused multiply-add where the CPU has them (kernels that need not match the built-in
+// operators' rounding bit for bit).
+inline V8 MulAdd(V8 acc, float w, V8 x) {
+#if defined(__FMA__)
+  return _mm256_fmadd_ps(x, Splat<V8>(w), acc);
+#else
+  return acc + w * x;
+#endif
 }
 inline double Sum(V8 v) {
   double s = 0.0;

@@ -10,7 +10,7 @@ from src.distributed import rank_and_size
 from src.kernels.batchnorm import batchnorm_train_op, fold_batchnorm_op
 from src.kernels.bias_act import bias_act_op, bias_residual_op
 from src.kernels.depthwise import STRIDES, depthwise_bias_act_op, depthwise_op
-from src.kernels.im2col import im2col_op
+from src.kernels.im2col import im2col_op, stem_bias_act_op
 from src.kernels.library import building_for_cpu, cpu_library
 from src.kernels.squeeze_excite import global_mean_op
 
@@ -127,6 +127,8 @@ class UnfoldConv2d(Float32Kernels, nn.Conv2d):
                              "and no bias")
         self.portable = not building_for_cpu()
         self.im2col = im2col_op(kernel_size, stride)  # C++ im2col (None: ops.unfold)
+        self.direct = (self.im2col is not None and kernel_size == 3 and stride == 2 and in_channels <= 4
+                       and out_channels % 2 == 0)
 
     def construct(self, x):
         return self.convolve(x, self.weight)
@@ -143,6 +145,12 @@ class UnfoldConv2d(Float32Kernels, nn.Conv2d):
             columns = ops.unfold(x, k, 1, pad, stride).reshape(
                 n, c * k * k, (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1)
         return ops.conv2d(columns, weight.reshape(self.out_channels, c * k * k, 1, 1))
+
+    def bias_act_op(self, activation):
+        """Custom op (x, weight, bias) -> activation(conv(x, weight) + bias[c]) computed directly for a 3x3 stem at
+        stride 2 of up to 4 input channels and an even number of outputs (inference with folded BatchNorm), else
+        None."""
+        return stem_bias_act_op(activation) if self.direct else None
 
 
 class Conv2d(nn.Conv2d):
@@ -182,7 +190,7 @@ class ConvBNAct(Float32Kernels, nn.SequentialCell):
         # kernel, or bias + activation in one pass after the convolution.
         self.fold = fold_batchnorm_op()
         conv = layers[0]
-        self.conv_bias_act = conv.bias_act_op(activation) if isinstance(conv, DepthwiseConv2d) else None
+        self.conv_bias_act = conv.bias_act_op(activation) if hasattr(conv, "bias_act_op") else None
         self.bias_act = bias_act_op(activation) if self.conv_bias_act is None else None
         self.bias_residual = bias_residual_op() if activation is None else None
         self.eps = Tensor([layers[1].eps], ms.float32)
