@@ -158,14 +158,14 @@ int ForwardImpl(int nparam, void** params, int* ndims, int64_t** shapes, const c
   const float* bias = kBias ? static_cast<const float*>(params[2]) : nullptr;
   float* y = static_cast<float*>(params[kBias ? 3 : 2]);
   const int64_t taps = g.k * g.k, grid = GridSize(g);
+  int64_t offsets[64];  // once per call: the integer divisions cost as much as a 7x7 plane's arithmetic
+  for (int64_t t = 0; t < taps; ++t) offsets[t] = g.offset(t / g.k, t % g.k, 0);
   ForPlanes(g, PhaseBufferSize(g) + grid, [&](int64_t i, float* scratch) {
     float* phases = scratch;
     float* out = scratch + PhaseBufferSize(g);
     Split<S>(x + i * g.h * g.w, g, phases);
     std::fill(phases + g.phases(), phases + PhaseBufferSize(g), 0.0f);
     const float* wc = w + (i % g.c) * taps;
-    int64_t offsets[64];
-    for (int64_t t = 0; t < taps; ++t) offsets[t] = g.offset(t / g.k, t % g.k, 0);
     const float b = kBias ? bias[i % g.c] : 0.0f;
     for (int64_t t0 = 0; t0 < grid; t0 += CHUNK) {
       Chunk acc;
