@@ -347,3 +347,41 @@ def test_stem_in_inference_matches_builtin(mode, activation):
         for want, got in zip(output_and_grads(builtin, x), output_and_grads(fast, x)):
             assert got.shape == want.shape
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(want).max()))
+
+
+class WithShortcut(nn.Cell):
+    """net(x, shortcut)"""
+
+    def __init__(self, net, shortcut):
+        super().__init__()
+        self.net = net
+        self.shortcut = shortcut
+
+    def construct(self, x):
+        return self.net(x, self.shortcut)
+
+
+@pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], indirect=True)
+@pytest.mark.parametrize("activation", [None, "relu6", "hswish", "shortcut"])
+def test_pointwise_in_inference_matches_builtin(mode, activation):
+    """A 1x1 conv -> BatchNorm -> activation (or + shortcut) in inference as one C++ GEMM with the folded BatchNorm's
+    bias and the activation in its epilogue equals the built-in operators: output, input and parameter gradients,
+    for planes that are and are not multiples of the 16-pixel block and output channels not a multiple of 6."""
+    act = None if activation == "shortcut" else activation
+    nets = [conv_bn_act(20, 13, 1, activation=act) for _ in range(2)]
+    fast, builtin = nets[0], use_portable_ops(nets[1])
+    assert (fast.conv_bias_residual if activation == "shortcut" else fast.conv_bias_act) is not None
+    rng = np.random.default_rng(6)
+    for param in fast.get_parameters():
+        if param.name.endswith(("gamma", "beta", "moving_mean", "moving_variance")):
+            param.set_data(ms.Tensor(rng.uniform(0.5, 1.5, param.shape).astype(np.float32)))
+    ms.load_param_into_net(builtin, {p.name: p.clone() for p in fast.get_parameters()})
+    for seed, shape in enumerate(((2, 20, 4, 4), (3, 20, 7, 5), (1, 20, 9, 11))):
+        x = random_input(*shape, seed=seed)
+        shortcut = random_input(shape[0], 13, *shape[2:], seed=seed + 10)
+        pair_ = [WithShortcut(net, shortcut) if activation == "shortcut" else net for net in nets]
+        for net in pair_:
+            net.set_train(False)
+        for want, got in zip(output_and_grads(pair_[1], x), output_and_grads(pair_[0], x)):
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(want).max()))

@@ -15,7 +15,7 @@ import mindspore.ops as ops
 
 SOURCES = tuple(Path(__file__).with_name(name)
                 for name in ("depthwise_kernel.cc", "bias_act_kernel.cc", "batchnorm_kernel.cc", "im2col_kernel.cc",
-                             "squeeze_excite_kernel.cc"))
+                             "squeeze_excite_kernel.cc", "pointwise_kernel.cc"))
 HEADERS = (Path(__file__).with_name("kernel_util.h"),)
 
 _library = {}
