@@ -2,6 +2,7 @@
 (`kernel_library`), which target the layers being built run on (`built_for`), and the MindSpore AOT custom op of one
 of its functions (`aot`)."""
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -16,7 +17,7 @@ import mindspore.ops as ops
 SOURCES = tuple(Path(__file__).with_name(name)
                 for name in ("depthwise_kernel.cc", "bias_act_kernel.cc", "batchnorm_kernel.cc", "im2col_kernel.cc",
                              "squeeze_excite_kernel.cc", "pointwise_kernel.cc"))
-HEADERS = (Path(__file__).with_name("kernel_util.h"),)
+HEADERS = tuple(Path(__file__).with_name(name) for name in ("kernel_util.h", "pointwise_gemm.inc"))
 
 _library = {}
 _build_target = {"device": None}  # set by `built_for`
@@ -27,13 +28,23 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MOBILENET_ZOO_CACHE") or Path.home() / ".cache" / "mobilenet_zoo")
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_flags() -> frozenset:
+    """This CPU's feature flags (empty where /proc/cpuinfo cannot be read)."""
+    try:
+        return frozenset(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return frozenset()
+
+
+def cpu_has_avx512() -> bool:
+    """Whether this CPU runs the kernels' AVX-512 code (the pointwise GEMM's wide variant)."""
+    return "avx512f" in cpu_flags()
+
+
 def compiler_flags() -> list:
     """g++ flags: AVX2 + FMA code where this CPU has them."""
-    try:
-        cpu_flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        cpu_flags = set()
-    vector = ["-mavx2", "-mfma"] if {"avx2", "fma"} <= cpu_flags else []
+    vector = ["-mavx2", "-mfma"] if {"avx2", "fma"} <= cpu_flags() else []
     return ["-O3", *vector, "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared", "-std=c++17"]
 
 

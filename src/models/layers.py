@@ -11,7 +11,7 @@ from src.kernels.batchnorm import batchnorm_train_op, fold_batchnorm_op
 from src.kernels.bias_act import bias_act_op, bias_residual_op
 from src.kernels.depthwise import STRIDES, depthwise_bias_act_op, depthwise_op
 from src.kernels.im2col import im2col_op, stem_bias_act_op
-from src.kernels.library import building_for_cpu, cpu_library
+from src.kernels.library import building_for_cpu, cpu_has_avx512, cpu_library
 from src.kernels.pointwise import pointwise_bias_act_op, pointwise_residual_op
 from src.kernels.squeeze_excite import global_mean_op
 
@@ -154,10 +154,12 @@ class UnfoldConv2d(Float32Kernels, nn.Conv2d):
         return stem_bias_act_op(activation) if self.direct else None
 
 
-# Up to this many input channels our pointwise GEMM (with the bias + activation epilogue) beats MindSpore's Conv2D
-# + a bias pass at batch 32 (measured on 2 cores: 1.2-2x for 8-40 inputs, 0.6-0.9x from 48 on: oneDNN's kernels
-# use AVX-512, ours AVX2).
+# Where our pointwise GEMM (with the bias + activation epilogue) beats MindSpore's Conv2D + a bias pass, measured
+# at batch 32 on 2 cores: with AVX2 only up to 40 input channels (1.2-2x; 0.6-0.9x from 48 on, oneDNN using
+# AVX-512); with AVX-512 while the weight stays in L2 (up to 512 x 512: 1.0-4x, 16 -> 72 at 56x56 4x; 1024 x 1024
+# at 7x7 0.8x).
 POINTWISE_MAX_INPUTS = 40
+POINTWISE_MAX_WEIGHTS_AVX512 = 512 * 512
 
 
 class Conv2d(nn.Conv2d):
@@ -168,17 +170,22 @@ class Conv2d(nn.Conv2d):
 
     def bias_act_op(self, activation):
         """Custom op (x, weight, bias) -> activation(conv(x, weight) + bias[c]) in one C++ GEMM (inference with
-        folded BatchNorm) for a 1x1 convolution of up to `POINTWISE_MAX_INPUTS` inputs on CPU, else None."""
+        folded BatchNorm) for a 1x1 convolution on CPU where it is the faster (see `POINTWISE_MAX_INPUTS`), else
+        None."""
         return pointwise_bias_act_op(activation) if self._pointwise() else None
 
     def bias_residual_op(self):
         """Custom op (x, weight, bias, residual) -> conv(x, weight) + bias[c] + residual in one C++ GEMM for a 1x1
-        convolution of up to `POINTWISE_MAX_INPUTS` inputs on CPU, else None."""
+        convolution on CPU where it is the faster (see `POINTWISE_MAX_INPUTS`), else None."""
         return pointwise_residual_op() if self._pointwise() else None
 
     def _pointwise(self):
-        return (self.kernel_size == (1, 1) and self.stride == (1, 1) and self.group == 1 and not self.has_bias
-                and self.in_channels <= POINTWISE_MAX_INPUTS and cpu_library() is not None)
+        if not (self.kernel_size == (1, 1) and self.stride == (1, 1) and self.group == 1 and not self.has_bias
+                and cpu_library() is not None):
+            return False
+        if cpu_has_avx512():
+            return self.in_channels * self.out_channels <= POINTWISE_MAX_WEIGHTS_AVX512
+        return self.in_channels <= POINTWISE_MAX_INPUTS
 
 
 def use_portable_ops(net: nn.Cell) -> nn.Cell:
