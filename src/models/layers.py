@@ -189,8 +189,8 @@ class Conv2d(nn.Conv2d):
 
 
 def use_portable_ops(net: nn.Cell) -> nn.Cell:
-    """Switch every layer of `net` that has a faster CPU form (h-swish, h-sigmoid, global pooling, depthwise and
-    dense k x k convolution, BatchNorm folded in inference) to its portable form: the same mathematics from
+    """Switch every layer of `net` that has a faster CPU form (h-swish, h-sigmoid, global pooling, squeeze-excite
+    gate, depthwise and dense k x k convolution, BatchNorm folded in inference) to its portable form: the same mathematics from
     operators that ONNX export supports.  Returns `net`."""
     for _, cell in net.cells_and_names():
         if hasattr(cell, "portable"):
@@ -214,8 +214,9 @@ class ConvBNAct(Float32Kernels, nn.SequentialCell):
         super().__init__(layers)
         self.portable = False
         self.bn_act = batchnorm_train_op(activation)  # training BatchNorm + activation (None: no kernels)
-        # Inference: BatchNorm folded into the weight by one op; then conv + bias + activation in the depthwise
-        # kernel, or bias + activation in one pass after the convolution.
+        # Inference: BatchNorm folded into the weight by one op; then conv + bias + activation (+ shortcut) in the
+        # convolution's own fused op (depthwise, stem, pointwise GEMM) where it has one, else bias + activation
+        # (or + shortcut) in one pass after the convolution.
         self.fold = fold_batchnorm_op()
         conv = layers[0]
         self.conv_bias_act = conv.bias_act_op(activation) if hasattr(conv, "bias_act_op") else None
