@@ -57,11 +57,17 @@ int MeanGrad(int nparam, void** params, int* ndims, int64_t** shapes, const char
 
 float HSigmoid(float z) { return ReLU6::Apply(z + 3.0f) / 6.0f; }
 
+// Whether the op has `nparam` float32 tensors, x (N, C, H, W) first and g (N, C, 1, 1) second; sets nc, plane.
+bool GateShapes(int nparam, int expected, int* ndims, int64_t** shapes, const char** dtypes, int64_t* nc,
+                int64_t* plane) {
+  int64_t gates, one;
+  return nparam == expected && AllFloat32(nparam, dtypes) && Planes(ndims[0], shapes[0], nc, plane) &&
+         Planes(ndims[1], shapes[1], &gates, &one) && gates == *nc && one == 1;
+}
+
 int Gate(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
-  int64_t nc, plane, gates, one;
-  if (nparam != 3 || !AllFloat32(nparam, dtypes) || !Planes(ndims[0], shapes[0], &nc, &plane) ||
-      !Planes(ndims[1], shapes[1], &gates, &one) || gates != nc || one != 1)
-    return 1;
+  int64_t nc, plane;
+  if (!GateShapes(nparam, 3, ndims, shapes, dtypes, &nc, &plane)) return 1;
   const float* x = static_cast<const float*>(params[0]);
   const float* g = static_cast<const float*>(params[1]);
   float* y = static_cast<float*>(params[2]);
@@ -79,10 +85,8 @@ int Gate(int nparam, void** params, int* ndims, int64_t** shapes, const char** d
 }
 
 int GateGrad(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
-  int64_t nc, plane, gates, one;
-  if (nparam != 5 || !AllFloat32(nparam, dtypes) || !Planes(ndims[0], shapes[0], &nc, &plane) ||
-      !Planes(ndims[1], shapes[1], &gates, &one) || gates != nc || one != 1)
-    return 1;
+  int64_t nc, plane;
+  if (!GateShapes(nparam, 5, ndims, shapes, dtypes, &nc, &plane)) return 1;
   const float* x = static_cast<const float*>(params[0]);
   const float* g = static_cast<const float*>(params[1]);
   const float* dy = static_cast<const float*>(params[2]);
