@@ -65,8 +65,10 @@ def create_dataset(config, do_train: bool, rank_id: int = 0, rank_size: int = 1)
         data = _cifar10_source(config, key, path, do_train, rank_id, rank_size)
         operations = _cifar10_transforms(config, do_train) if do_train else eval_transforms(config)
     else:
-        data = _image_folder_source(config, key, path, do_train, rank_id, rank_size, workers)
-        operations = _imagenet_transforms(config, do_train) if do_train else eval_transforms(config)
+        device_decode = config.decode_device == "Ascend"
+        data = _image_folder_source(config, key, path, do_train, rank_id, rank_size, workers,
+                                    decode=not (do_train or device_decode))
+        operations = _imagenet_transforms(config, do_train, device_decode)
     if do_train:  # the augmentations: each rank its own (read when the pipeline starts)
         numpy_state, python_state = np.random.get_state(), random.getstate()
         ds.config.set_seed(config.seed + rank_id)
@@ -241,15 +243,21 @@ def _cifar10_transforms(config, do_train):
     return operations + _normalize(CIFAR_MEAN, CIFAR_STD)
 
 
-def _imagenet_transforms(config, do_train):
+def _imagenet_transforms(config, do_train, device_decode=False):
     """Train (from the encoded file): random resized crop decoded at once, optional flip, colour jitter and automatic
-    augmentation.  Eval: resize short side, centre crop."""
+    augmentation.  Eval: resize short side, centre crop (of a decoded image, or of the encoded file when
+    `device_decode`).  `device_decode`: the Ascend device's DVPP decodes the file, the rest runs on the host."""
     size = config.image_size
+    # MindSpore 2.10 runs vision.Decode on DVPP with .device("Ascend") (mindspore/dataset/vision/transforms.py,
+    # Decode.device: uint8 input; the C++ side is minddata/dataset/core/device_tensor_ascend910b.cc, Atlas A2 only) and
+    # has no device crop-decode, so the whole image is decoded there and the host crops it
+    decode = [vision.Decode().device("Ascend")] if device_decode else []
     if do_train:
-        # decodes only the crop's part of the JPEG: ~1.5x the images/s of Decode + RandomResizedCrop, the same crops
-        # (same random draws) and sizes
-        operations = [vision.RandomCropDecodeResize(size, scale=tuple(config.crop_scale),
-                                                    ratio=tuple(config.crop_ratio))]
+        crop = dict(scale=tuple(config.crop_scale), ratio=tuple(config.crop_ratio))
+        # RandomCropDecodeResize decodes only the crop's part of the JPEG: ~1.5x the images/s of Decode +
+        # RandomResizedCrop, the same crops (same random draws) and sizes
+        operations = decode + [vision.RandomResizedCrop(size, **crop)] if device_decode else \
+            [vision.RandomCropDecodeResize(size, **crop)]
         if config.random_flip:
             operations.append(vision.RandomHorizontalFlip())
         if config.color_jitter > 0:
@@ -257,7 +265,7 @@ def _imagenet_transforms(config, do_train):
             operations.append(vision.RandomColorAdjust(brightness=jitter, contrast=jitter, saturation=jitter))
         operations += _auto_augment(config)
     else:
-        operations = eval_resize_crop(config)
+        operations = decode + eval_resize_crop(config)
     return operations + _normalize(config.image_mean, config.image_std)
 
 
@@ -305,13 +313,13 @@ def _imagenet_split_folder(key, path, do_train):
                        f"holding one sub-folder of images per class")
 
 
-def _image_folder_source(config, key, path, do_train, rank_id, rank_size, workers):
-    """The split's class folders (decoded here for evaluation; training decodes only its random crop, see
-    `_imagenet_transforms`); labels 0..N-1 by name."""
+def _image_folder_source(config, key, path, do_train, rank_id, rank_size, workers, decode):
+    """The split's class folders, images decoded here if `decode` (evaluation on the host; training decodes only its
+    random crop, see `_imagenet_transforms`); labels 0..N-1 by name."""
     folder = _imagenet_split_folder(key, path, do_train)
     classes, image_count = _image_classes(folder, config.class_num)
     return ds.ImageFolderDataset(
-        folder, decode=not do_train, extensions=list(IMAGE_EXTENSIONS), num_parallel_workers=workers,
+        folder, decode=decode, extensions=list(IMAGE_EXTENSIONS), num_parallel_workers=workers,
         class_indexing={name: index for index, name in enumerate(classes)},
         sampler=_sampler(image_count, do_train, rank_id, rank_size, folder, config.batch_size))
 

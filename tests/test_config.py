@@ -79,6 +79,11 @@ def test_wrong_type_yaml(tmp_path):
     (["--model", "resnet50"], "key 'model' must be one of mobilenet_v1, mobilenet_v3_small"),
     (["--model", "mobilenet_v3_large", "--width_mult", "0.5"], "key 'width_mult' must be one of 0.75, 1.0"),
     (["--epoch_size", "3", "--warmup_epochs", "5"], "warmup_epochs .5. is longer than training .epoch_size 3."),
+    (["--decode_device", "Ascend", "--dataset", "imagenet2012"], "key 'decode_device' Ascend decodes ImageNet JPEGs "
+     "on the Ascend device's DVPP and needs device_target Ascend and dataset imagenet2012; got device_target CPU, "
+     "dataset imagenet2012"),
+    (["--decode_device", "Ascend", "--device_target", "Ascend"], "needs device_target Ascend and dataset "
+     "imagenet2012; got device_target Ascend, dataset cifar10"),
 ])
 def test_out_of_range_values(argv, message):
     with pytest.raises(ConfigError, match=message):

@@ -10,7 +10,8 @@ from mindspore.dataset import vision
 import numpy as np
 import pytest
 
-from src.dataset import CIFAR_MEAN, CIFAR_STD, create_dataset, describe_pipeline_error, mixing_batches
+from src.dataset import CIFAR_MEAN, CIFAR_STD, _imagenet_transforms, create_dataset, describe_pipeline_error, \
+    mixing_batches
 from src.errors import UserError
 from src.model_utils.config import SCHEMA
 
@@ -400,18 +401,33 @@ def test_imagenet_training_with_every_augmentation_is_reproducible(demo_data):
 
 def test_training_crops_are_those_of_decode_then_random_resized_crop(demo_data):
     """Training decodes only its crop (RandomCropDecodeResize); with the same seed it yields the crops a full decode +
-    RandomResizedCrop (the previous pipeline) yields: the same scale and ratio draws, pixels within JPEG rounding."""
+    RandomResizedCrop yields: the same scale and ratio draws, pixels within JPEG rounding.  That full decode + crop is
+    the decode_device Ascend pipeline (Decode on DVPP, the rest on the host), run here with the decode on the CPU."""
     config = make_config(demo_data["imagefolder"], "imagenet2012", random_flip=False, crop_scale=[0.3, 1.0])
     ours = collect(create_dataset(config, do_train=True))[0]
+    device_decode, *host = _imagenet_transforms(config, do_train=True, device_decode=True)
+    assert type(device_decode) is vision.Decode and device_decode.device_target == "Ascend"
+    assert type(host[0]) is vision.RandomResizedCrop and (host[0].size, host[0].scale, host[0].ratio) == \
+        ((32, 32), (0.3, 1.0), (3 / 4, 4 / 3))
     folder = os.path.join(demo_data["imagefolder"], "train")
     ds.config.set_seed(config.seed)
-    reference = ds.ImageFolderDataset(folder, decode=True, class_indexing={str(d): d for d in range(10)},
+    reference = ds.ImageFolderDataset(folder, decode=False, class_indexing={str(d): d for d in range(10)},
                                       sampler=ds.DistributedSampler(1, 0, shuffle=True, num_samples=1437))
     ds.config.set_seed(config.seed)
-    reference = reference.map([vision.RandomResizedCrop(32, scale=(0.3, 1.0), ratio=(3 / 4, 4 / 3)),
-                               vision.Normalize([123.675, 116.28, 103.53], [58.395, 57.12, 57.375]),
-                               vision.HWC2CHW()], input_columns="image", num_parallel_workers=2)
+    reference = reference.map([vision.Decode()] + host, input_columns="image", num_parallel_workers=2)
     expected = collect(reference.batch(32, drop_remainder=True))[0]
     difference = np.abs(ours - expected)
     assert ours.shape == expected.shape == (1408, 3, 32, 32)
     assert difference.mean() < 0.01 and difference.max() < 0.2  # one 8-bit level is 0.017 here
+
+
+def test_device_decode_evaluation_matches_host_decode(demo_data, monkeypatch):
+    """decode_device Ascend: evaluation reads the encoded files and decodes them first in its map (on DVPP); with
+    that decode run on the CPU here (Decode.device left a no-op) it gives exactly the host pipeline's images."""
+    config = make_config(demo_data["imagefolder"], "imagenet2012", decode_device="Ascend")
+    operations = _imagenet_transforms(config, do_train=False, device_decode=True)
+    assert type(operations[0]) is vision.Decode and operations[0].device_target == "Ascend"
+    expected = collect(create_dataset(make_config(demo_data["imagefolder"], "imagenet2012"), do_train=False))
+    monkeypatch.setattr(vision.Decode, "device", lambda self, device_target="CPU": self)
+    images, labels, sizes = collect(create_dataset(config, do_train=False))
+    assert sizes == expected[2] and np.array_equal(labels, expected[1]) and np.array_equal(images, expected[0])

@@ -69,6 +69,9 @@ SCHEMA = {
     "mixup_prob": _f("float", 1.0, "training: probability that a batch is mixed (mixup or CutMix)", min=0, max=1),
     "mixup_switch_prob": _f("float", 0.5, "training: probability of CutMix rather than mixup when both are on "
                             "(in steps of 0.05)", min=0, max=1),
+    "decode_device": _f("str", "CPU", "ImageNet: where JPEGs are decoded; Ascend = the device's DVPP decoder "
+                        "(Atlas A2, device_target Ascend), the random crop then runs on the host",
+                        choices=("CPU", "Ascend")),
     "eval_resize": _f("int", 0, "ImageNet evaluation: shorter side resized to this before the centre crop of "
                       "image_size; 0 = image_size / 0.875", min=0),
     "interpolation": _f("str", "bilinear", "ImageNet evaluation resize interpolation", choices=("bilinear", "bicubic")),
@@ -278,6 +281,11 @@ def validate(values: dict, source: str) -> None:
         raise ConfigError(f"{source}: key 'sync_bn' needs device_target Ascend and run_distribute true (MindSpore "
                           f"2.10's nn.SyncBatchNorm supports Ascend only); got device_target "
                           f"{values['device_target']}, run_distribute {values['run_distribute']}")
+    if values["decode_device"] == "Ascend" and (values["device_target"] != "Ascend"
+                                                or values["dataset"] != "imagenet2012"):
+        raise ConfigError(f"{source}: key 'decode_device' Ascend decodes ImageNet JPEGs on the Ascend device's DVPP "
+                          f"and needs device_target Ascend and dataset imagenet2012; got device_target "
+                          f"{values['device_target']}, dataset {values['dataset']}")
     for key in ("image_mean", "image_std"):
         if len(values[key]) != 3:
             raise ConfigError(f"{source}: key '{key}' needs 3 values (R, G, B); got {values[key]}")
