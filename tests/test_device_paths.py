@@ -92,7 +92,8 @@ def test_mindspore_o1_rewrite_fails_on_these_networks(tmp_path, monkeypatch):
     """Why O1 is ours (`mixed_precision_o1`): MindSpore's O1 (`_auto_mixed_precision_rewrite`, amp.py line 345) fails
     building the rewritten classes of our cells.  When a MindSpore release passes this test, use its O1 again."""
     monkeypatch.chdir(tmp_path)  # it writes rewritten_network/ into the working folder
-    with pytest.raises((TypeError, NameError)):
+    # ImportError where .venv is a symbolic link to another folder: the rewritten source imports relatively
+    with pytest.raises((TypeError, NameError, ImportError)):
         auto_mixed_precision(create_model("mobilenet_v3_small", 10, 0.75, device_target="GPU"), "O1")
 
 
