@@ -1,11 +1,12 @@
 // Pointwise (1x1) convolution with the inference epilogue, for MindSpore AOT custom ops on CPU, NCHW float32:
 //   Pointwise{Identity,ReLU,ReLU6,HSwish}(x, w, bias) -> y = act(w x + bias)      x (N, K, H, W), w (O, K, 1, 1)
 //   PointwiseResidual(x, w, bias, r) -> y = (w x + bias) + r                       (the linear projection + shortcut)
-// Per image a GEMM Y (O x HW) = W (O x K) X (K x HW): W packed once per call into panels of 6 output channels,
-// X into panels of 16 pixels, a 6 x 16 register block summed over K with fused multiply-adds, then bias,
-// activation (and shortcut) while the block is stored: one pass over the output instead of MindSpore's Conv2D
-// (oneDNN on plain NCHW) followed by a bias + activation pass.  Every output is summed in the same order for any
-// thread count.
+// One GEMM Y (O x NHW) = W (O x K) X (K x NHW) whose columns are the pixels of all images in a row (so 7x7 planes
+// fill whole blocks): W packed once per call into panels of 6 output channels, X into panels of 16 (32 with
+// AVX-512) pixels, L2-sized groups of them at a time, a 6-row register block summed over K with fused
+// multiply-adds, then bias, activation (and shortcut) while the block is stored: one pass over the output instead
+// of MindSpore's Conv2D (oneDNN on plain NCHW) followed by a bias + activation pass.  Every output is summed in the
+// same order for any thread count.
 
 #include <algorithm>
 #include <cstdint>

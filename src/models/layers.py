@@ -156,10 +156,10 @@ class UnfoldConv2d(Float32Kernels, nn.Conv2d):
 
 # Where our pointwise GEMM (with the bias + activation epilogue) beats MindSpore's Conv2D + a bias pass, measured
 # at batch 32 on 2 cores: with AVX2 only up to 40 input channels (1.2-2x; 0.6-0.9x from 48 on, oneDNN using
-# AVX-512); with AVX-512 while the weight stays in L2 (up to 512 x 512: 1.0-4x, 16 -> 72 at 56x56 4x; 1024 x 1024
-# at 7x7 0.8x).
+# AVX-512); with AVX-512 every layer of these networks (up to 1024 x 1024: 1.0-4x, 16 -> 72 at 56x56 4x, 1024 x 1024
+# at 7x7 1.8x since its columns run across images).
 POINTWISE_MAX_INPUTS = 40
-POINTWISE_MAX_WEIGHTS_AVX512 = 512 * 512
+POINTWISE_MAX_WEIGHTS_AVX512 = 1024 * 1024
 
 
 class Conv2d(nn.Conv2d):
