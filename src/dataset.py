@@ -256,8 +256,10 @@ def _imagenet_transforms(config, do_train, device_decode=False):
         crop = dict(scale=tuple(config.crop_scale), ratio=tuple(config.crop_ratio))
         # RandomCropDecodeResize decodes only the crop's part of the JPEG: ~1.5x the images/s of Decode +
         # RandomResizedCrop, the same crops (same random draws) and sizes
-        operations = decode + [vision.RandomResizedCrop(size, **crop)] if device_decode else \
-            [vision.RandomCropDecodeResize(size, **crop)]
+        if device_decode:
+            operations = decode + [vision.RandomResizedCrop(size, **crop)]
+        else:
+            operations = [vision.RandomCropDecodeResize(size, **crop)]
         if config.random_flip:
             operations.append(vision.RandomHorizontalFlip())
         if config.color_jitter > 0:
