@@ -13,7 +13,8 @@ import pytest
 from src.kernels import library
 from src.kernels.bias_act import bias_act_op
 from src.models import create_model
-from src.models.layers import DepthwiseConv2d, UnfoldConv2d, conv_bn_act, use_portable_ops
+from src.models.layers import (DepthwiseConv2d, UnfoldConv2d, conv_bn_act, depthwise_then_pointwise, separable_op,
+                               use_portable_ops)
 from src.model_utils.config import ROOT_DIR
 
 SHAPES = [(1, 7, 7), (4, 8, 8), (1, 28, 28), (4, 14, 15)]  # (batch, height, width)
@@ -383,5 +384,52 @@ def test_pointwise_in_inference_matches_builtin(mode, activation):
         for net in pair_:
             net.set_train(False)
         for want, got in zip(output_and_grads(pair_[1], x), output_and_grads(pair_[0], x)):
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(want).max()))
+
+
+class DepthwisePointwise(nn.Cell):
+    """pointwise(depthwise(x)) (+ shortcut) through `depthwise_then_pointwise`."""
+
+    def __init__(self, depthwise, pointwise, shortcut=None):
+        super().__init__()
+        self.depthwise, self.pointwise, self.shortcut = depthwise, pointwise, shortcut
+
+    def construct(self, x):
+        return depthwise_then_pointwise(self.depthwise, self.pointwise, x, self.shortcut)
+
+
+@pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], indirect=True)
+@pytest.mark.parametrize("depthwise_activation,activation,stride", [
+    ("relu6", "relu6", 1), ("relu6", "relu6", 2), ("relu", None, 2), ("hswish", "shortcut", 1)])
+def test_depthwise_and_pointwise_in_one_op_equal_the_two_layers(mode, depthwise_activation, activation, stride):
+    """A depthwise and a 1x1 conv -> BatchNorm -> activation (or linear + shortcut) in inference as one C++ op equal
+    the two layers' own kernels bit for bit and the built-in operators to 1e-5 (output, input and parameter
+    gradients), for tasks of several small images and for strips of rows of one large image (C x Ho x Wo above 512
+    KB: a 48x48 output of 64 channels is a strip of 42 rows and one of 6)."""
+    shortcut = activation == "shortcut"
+    layers = [[conv_bn_act(64, 64, 3, stride, groups=64, activation=depthwise_activation),
+               conv_bn_act(64, 64 if shortcut else 40, 1, activation=None if shortcut else activation)]
+              for _ in range(3)]
+    rng = np.random.default_rng(8)
+    for param in [*layers[0][0].get_parameters(), *layers[0][1].get_parameters()]:
+        if param.name.endswith(("gamma", "beta", "moving_mean", "moving_variance")):
+            param.set_data(ms.Tensor(rng.uniform(0.5, 1.5, param.shape).astype(np.float32)))
+    for copy in layers[1:]:
+        for source, target in zip(layers[0], copy):
+            ms.load_param_into_net(target, {p.name: p.clone() for p in source.get_parameters()})
+    use_portable_ops(layers[2][0]), use_portable_ops(layers[2][1])
+    layers[0][1].separable = separable_op(*layers[0], shortcut)
+    assert layers[0][1].separable is not None and layers[1][1].separable is None
+    for seed, shape in enumerate(((3, 64, 9, 11), (1, 64, 48 * stride, 48 * stride))):
+        x = random_input(*shape, seed=seed)
+        out_shape = (shape[0], 64, (shape[2] - 1) // stride + 1, (shape[3] - 1) // stride + 1)
+        extra = random_input(*out_shape, seed=seed + 10) if shortcut else None
+        nets = [DepthwisePointwise(*pair_, extra) for pair_ in layers]
+        for net in nets:
+            net.set_train(False)
+        one_op, two_ops = nets[0](x).asnumpy(), nets[1](x).asnumpy()
+        np.testing.assert_array_equal(one_op, two_ops)
+        for want, got in zip(output_and_grads(nets[2], x), output_and_grads(nets[0], x)):
             assert got.shape == want.shape
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(want).max()))

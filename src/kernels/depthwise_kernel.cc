@@ -3,96 +3,19 @@
 //   DepthwiseForwardS{1,2}(x, w) -> y
 //   DepthwiseInputGradS{1,2}(x, w, dy) -> dx   (x gives only the shape)
 //   DepthwiseWeightGradS{1,2}(x, w, dy) -> dw  (w gives only the shape)
-// Each (n, c) plane is padded and split into stride x stride phase planes,
-// phase(a, b)[i][j] = padded[a + s * i][b + s * j], so every kernel tap reads one contiguous run of the
-// whole plane (see CHUNK below): the inner loops are multiply-adds on 32 floats held in registers.  The
-// input gradient is gathered per phase plane (no scatter), the weight gradient is one task per channel
-// (the same result for any thread count).  Forward sums the
-// taps of each output in row-major tap order without fused multiply-add (built with -ffp-contract=off),
-// like the built-in convolution, so its output is bitwise equal.
+// Each (n, c) plane is split into phase planes so that every kernel tap reads one contiguous run (depthwise_rows.h:
+// the geometry and the forward arithmetic, bitwise equal to the built-in convolution).  The input gradient is
+// gathered per phase plane (no scatter), the weight gradient is one task per channel (the same result for any
+// thread count).
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
-#include "kernel_util.h"
+#include "depthwise_rows.h"
 
 namespace {
-
-struct Geometry {
-  int64_t n, c, h, w;  // input
-  int64_t k, s, p;     // kernel size, stride, padding
-  int64_t ho, wo;      // output
-  int64_t ph, pw;      // phase plane
-  int64_t plane() const { return ph * pw; }
-  int64_t phases() const { return s * s * plane(); }
-  // Start of the row of phase(kh % s, kw % s) that tap (kh, kw) reads for output row oh.
-  int64_t offset(int64_t kh, int64_t kw, int64_t oh) const {
-    return ((kh % s) * s + kw % s) * plane() + (oh + kh / s) * pw + kw / s;
-  }
-};
-
-bool MakeGeometry(int nparam, int* ndims, int64_t** shapes, const char** dtypes, int64_t s, Geometry* g) {
-  for (int i = 0; i < nparam; ++i) {
-    if (ndims[i] != 4 || std::strcmp(dtypes[i], "float32") != 0) return false;
-  }
-  const int64_t* x = shapes[0];
-  const int64_t* w = shapes[1];
-  g->n = x[0];
-  g->c = x[1];
-  g->h = x[2];
-  g->w = x[3];
-  g->k = w[2];
-  g->s = s;
-  g->p = g->k / 2;
-  if (w[0] != g->c || w[1] != 1 || w[3] != g->k || g->k > 8) return false;
-  g->ho = (g->h + 2 * g->p - g->k) / s + 1;
-  g->wo = (g->w + 2 * g->p - g->k) / s + 1;
-  g->ph = (g->h + 2 * g->p + s - 1) / s;
-  g->pw = (g->w + 2 * g->p + s - 1) / s;
-  return g->ho > 0 && g->wo > 0;
-}
-
-// Columns col of phase column-offset b that hold input columns: x = S * col + b - p in [0, w).
-struct Columns {
-  int64_t begin, end;
-};
-template <int64_t S>
-Columns PhaseColumns(const Geometry& g, int64_t b) {
-  const int64_t begin = std::max<int64_t>(0, (g.p - b + S - 1) / S);
-  const int64_t end = std::min<int64_t>(g.pw, (g.w - 1 - b + g.p) / S + 1);
-  return {begin, std::max(begin, end)};
-}
-
-// Zero-padded phase planes of one input plane (S: the stride, g.s).
-template <int64_t S>
-void Split(const float* src, const Geometry& g, float* phases) {
-  std::fill(phases, phases + g.phases(), 0.0f);
-  for (int64_t y = 0; y < g.h; ++y) {
-    const int64_t py = y + g.p;
-    const float* row = src + y * g.w - g.p;
-    for (int64_t b = 0; b < S; ++b) {
-      float* dst = phases + ((py % S) * S + b) * g.plane() + (py / S) * g.pw;
-      const Columns cols = PhaseColumns<S>(g, b);
-      for (int64_t col = cols.begin; col < cols.end; ++col) dst[col] = row[S * col + b];
-    }
-  }
-}
-
-// Input plane from phase planes (drops the padding).
-template <int64_t S>
-void Merge(const float* phases, const Geometry& g, float* dst) {
-  for (int64_t y = 0; y < g.h; ++y) {
-    const int64_t py = y + g.p;
-    float* row = dst + y * g.w - g.p;
-    for (int64_t b = 0; b < S; ++b) {
-      const float* src = phases + ((py % S) * S + b) * g.plane() + (py / S) * g.pw;
-      const Columns cols = PhaseColumns<S>(g, b);
-      for (int64_t col = cols.begin; col < cols.end; ++col) row[S * col + b] = src[col];
-    }
-  }
-}
 
 // Runs body(plane_index, scratch) over all n * c planes, each thread with its own scratch buffer.
 template <typename Body>
@@ -105,36 +28,6 @@ void ForPlanes(const Geometry& g, int64_t scratch_size, Body body) {
   });
 }
 
-// The passes work on a "grid" of ho rows of pw columns (the phase-plane width >= wo): grid position
-// t = oh * pw + ow.  Tap (kh, kw) of output t reads phase position t + Geometry::offset(kh, kw, 0), so every
-// tap is one contiguous run over the whole plane, computed CHUNK outputs at a time in registers.  Columns
-// ow >= wo are scratch (computed and dropped in the forward pass, zero in the gradient grids).
-constexpr int64_t CHUNK = 32;
-
-// Four 8-float vectors make one CHUNK, kept in registers (GCC vector extension; unaligned loads and stores).
-constexpr int kVectors = CHUNK / 8;
-typedef float Vec __attribute__((vector_size(32), aligned(4)));
-struct Chunk {
-  Vec v[kVectors] = {};
-  void MulAdd(float w, const float* p) {  // v += w * p[0..CHUNK), a multiply then an add (no FMA)
-    const Vec* q = reinterpret_cast<const Vec*>(p);
-    for (int i = 0; i < kVectors; ++i) v[i] += w * q[i];
-  }
-  void MulAdd(const float* a, const float* b) {  // v += a * b elementwise
-    const Vec* p = reinterpret_cast<const Vec*>(a);
-    const Vec* q = reinterpret_cast<const Vec*>(b);
-    for (int i = 0; i < kVectors; ++i) v[i] += p[i] * q[i];
-  }
-  void Store(float* p) const {
-    Vec* q = reinterpret_cast<Vec*>(p);
-    for (int i = 0; i < kVectors; ++i) q[i] = v[i];
-  }
-};
-
-int64_t RoundUp(int64_t v) { return (v + CHUNK - 1) / CHUNK * CHUNK; }
-int64_t GridSize(const Geometry& g) { return RoundUp(g.ho * g.pw); }
-// Phase buffer with slack for the scratch columns of the last chunk.
-int64_t PhaseBufferSize(const Geometry& g) { return g.phases() + GridSize(g) + g.k * g.pw; }
 // Largest tap offset inside one phase plane: the zero margin in front of a gradient grid.
 int64_t Margin(const Geometry& g) { return RoundUp(((g.k - 1) / g.s) * g.pw + (g.k - 1) / g.s); }
 
@@ -157,24 +50,15 @@ int ForwardImpl(int nparam, void** params, int* ndims, int64_t** shapes, const c
   const float* w = static_cast<const float*>(params[1]);
   const float* bias = kBias ? static_cast<const float*>(params[2]) : nullptr;
   float* y = static_cast<float*>(params[kBias ? 3 : 2]);
-  const int64_t taps = g.k * g.k, grid = GridSize(g);
-  int64_t offsets[64];  // once per call: the integer divisions cost as much as a 7x7 plane's arithmetic
-  for (int64_t t = 0; t < taps; ++t) offsets[t] = g.offset(t / g.k, t % g.k, 0);
-  ForPlanes(g, PhaseBufferSize(g) + grid, [&](int64_t i, float* scratch) {
+  const int64_t taps = g.k * g.k;
+  int64_t offsets[64];
+  TapOffsets(g, g.ph, offsets);
+  ForPlanes(g, PhaseBufferSize(g) + GridSize(g), [&](int64_t i, float* scratch) {
     float* phases = scratch;
     float* out = scratch + PhaseBufferSize(g);
     Split<S>(x + i * g.h * g.w, g, phases);
     std::fill(phases + g.phases(), phases + PhaseBufferSize(g), 0.0f);
-    const float* wc = w + (i % g.c) * taps;
-    const float b = kBias ? bias[i % g.c] : 0.0f;
-    for (int64_t t0 = 0; t0 < grid; t0 += CHUNK) {
-      Chunk acc;
-      for (int64_t t = 0; t < taps; ++t) acc.MulAdd(wc[t], phases + offsets[t] + t0);  // row-major tap order
-      if (kBias) {
-        for (int v = 0; v < kVectors; ++v) acc.v[v] = Act::Apply(acc.v[v] + b);
-      }
-      acc.Store(out + t0);
-    }
+    ConvolveRows<kBias, Act>(phases, g, offsets, w + (i % g.c) * taps, kBias ? bias[i % g.c] : 0.0f, g.ho, out);
     for (int64_t oh = 0; oh < g.ho; ++oh) {
       std::copy(out + oh * g.pw, out + oh * g.pw + g.wo, y + (i * g.ho + oh) * g.wo);
     }
@@ -251,7 +135,7 @@ int WeightGrad(int nparam, void** params, int* ndims, int64_t** shapes, const ch
     std::vector<float> scratch(PhaseBufferSize(g) + GradGridSize(g));
     std::vector<Chunk> sums(taps);  // per tap: CHUNK partial sums over the channel's images and positions
     int64_t offsets[64];
-    for (int64_t t = 0; t < taps; ++t) offsets[t] = g.offset(t / g.k, t % g.k, 0);
+    TapOffsets(g, g.ph, offsets);
     for (int64_t c = first; c < last; ++c) {
       std::fill(sums.begin(), sums.end(), Chunk());
       float* phases = scratch.data();

@@ -17,7 +17,8 @@ import mindspore.ops as ops
 SOURCES = tuple(Path(__file__).with_name(name)
                 for name in ("depthwise_kernel.cc", "bias_act_kernel.cc", "batchnorm_kernel.cc", "im2col_kernel.cc",
                              "squeeze_excite_kernel.cc", "pointwise_kernel.cc"))
-HEADERS = tuple(Path(__file__).with_name(name) for name in ("kernel_util.h", "pointwise_gemm.inc"))
+HEADERS = tuple(Path(__file__).with_name(name)
+                for name in ("kernel_util.h", "depthwise_rows.h", "pointwise_gemm.inc"))
 
 _library = {}
 _build_target = {"device": None}  # set by `built_for`

@@ -3,6 +3,7 @@ conv -> BatchNorm -> activation with the BatchNorm folded."""
 import mindspore.ops as ops
 
 from src.kernels.bias_act import ACTIVATION_SYMBOLS, activation_grad
+from src.kernels.depthwise import conv_output_shape, depthwise_bias_act_op, depthwise_grad_ops, depthwise_op
 from src.kernels.library import aot, cpu_library
 
 
@@ -41,3 +42,46 @@ def pointwise_residual_op():
         return (*_grads(x, w, dout), dout)
 
     return aot(library, "PointwiseResidual", lambda x, w, b, r: r, bprop)
+
+
+# (depthwise activation, pointwise activation or "residual") pairs the kernel library exports, for any stride (the
+# shortcut: stride 1 only): MobileNetV1's blocks and MobileNetV3's blocks without squeeze-excite.
+SEPARABLE = {("relu6", "relu6"), ("relu", None), ("hswish", None), ("relu", "residual"), ("hswish", "residual")}
+
+
+def depthwise_pointwise_op(stride, depthwise_activation, activation):
+    """Custom op y = act(conv1x1(dwact(depthwise(x, wd) + bd[c]), w) + bias[o]), called as op(x, wd, bd, w, bias),
+    or with `activation` "residual" (stride 1) y = conv1x1(...) + bias[o] + shortcut, called as
+    op(x, wd, bd, w, bias, shortcut): a depthwise conv -> BatchNorm -> activation and a 1x1 conv -> BatchNorm ->
+    activation in inference, both BatchNorms folded, in one pass with its gradient as bprop.  None where the library
+    does not have that pair (`SEPARABLE`) or is unavailable, or the target is not CPU."""
+    library = cpu_library()
+    residual = activation == "residual"
+    if library is None or (depthwise_activation, activation) not in SEPARABLE or (residual and stride != 1):
+        return None
+    depthwise = depthwise_op(library, stride)
+    input_grad, weight_grad = depthwise_grad_ops(library, stride)
+    depthwise_bias_act = depthwise_bias_act_op(library, stride, depthwise_activation)
+    pointwise_activation = None if residual else activation
+
+    def grads(x, wd, bd, w, bias, dout):
+        hidden = depthwise_bias_act(x, wd, bd)
+        dz = activation_grad(ops.bias_add(ops.conv2d(hidden, w), bias), dout, pointwise_activation)
+        dhidden, dw, dbias = _grads(hidden, w, dz)
+        dzd = activation_grad(ops.bias_add(depthwise(x, wd), bd), dhidden, depthwise_activation)
+        return input_grad(x, wd, dzd), weight_grad(x, wd, dzd), dzd.sum(axis=(0, 2, 3)), dw, dbias
+
+    def out_shape(x, wd, bd, w, *_):
+        return [x[0], w[0], *conv_output_shape(x, wd, stride)[2:]]
+
+    name = f"Separable{ACTIVATION_SYMBOLS[depthwise_activation]}"
+    if residual:
+        def bprop_residual(x, wd, bd, w, bias, shortcut, out, dout):
+            return (*grads(x, wd, bd, w, bias, dout), dout)
+
+        return aot(library, f"{name}ResidualS1", out_shape, bprop_residual)
+
+    def bprop(x, wd, bd, w, bias, out, dout):
+        return grads(x, wd, bd, w, bias, dout)
+
+    return aot(library, f"{name}{ACTIVATION_SYMBOLS[activation]}S{stride}", out_shape, bprop)

@@ -12,7 +12,7 @@ from src.kernels.bias_act import bias_act_op, bias_residual_op
 from src.kernels.depthwise import STRIDES, depthwise_bias_act_op, depthwise_op
 from src.kernels.im2col import im2col_op, stem_bias_act_op
 from src.kernels.library import building_for_cpu, cpu_has_avx512, cpu_library
-from src.kernels.pointwise import pointwise_bias_act_op, pointwise_residual_op
+from src.kernels.pointwise import depthwise_pointwise_op, pointwise_bias_act_op, pointwise_residual_op
 from src.kernels.squeeze_excite import global_mean_op
 
 BN_MOMENTUM = 0.99
@@ -190,8 +190,8 @@ class Conv2d(nn.Conv2d):
 
 def use_portable_ops(net: nn.Cell) -> nn.Cell:
     """Switch every layer of `net` that has a faster CPU form (h-swish, h-sigmoid, global pooling, squeeze-excite
-    gate, depthwise and dense k x k convolution, BatchNorm folded in inference) to its portable form: the same mathematics from
-    operators that ONNX export supports.  Returns `net`."""
+    gate, depthwise and dense k x k convolution, BatchNorm folded in inference, depthwise + pointwise in one op) to
+    its portable form: the same mathematics from operators that ONNX export supports.  Returns `net`."""
     for _, cell in net.cells_and_names():
         if hasattr(cell, "portable"):
             cell.portable = True
@@ -213,6 +213,7 @@ class ConvBNAct(Float32Kernels, nn.SequentialCell):
     def __init__(self, layers, activation=None):
         super().__init__(layers)
         self.portable = False
+        self.activation = activation
         self.bn_act = batchnorm_train_op(activation)  # training BatchNorm + activation (None: no kernels)
         # Inference: BatchNorm folded into the weight by one op; then conv + bias + activation (+ shortcut) in the
         # convolution's own fused op (depthwise, stem, pointwise GEMM) where it has one, else bias + activation
@@ -225,6 +226,9 @@ class ConvBNAct(Float32Kernels, nn.SequentialCell):
         self.conv_bias_residual = conv.bias_residual_op() if activation is None and hasattr(conv, "bias_residual_op") \
             else None
         self.eps = Tensor([layers[1].eps], ms.float32)
+        # Inference: the depthwise ConvBNAct before this one and this one as one op, set by the network where it has
+        # such a pair (`separable_op`, run by `depthwise_then_pointwise`).
+        self.separable = None
 
     def construct(self, x, residual=None):
         """conv -> BatchNorm -> activation of `x`, plus `residual` if given (in inference with the kernels, in
@@ -233,8 +237,8 @@ class ConvBNAct(Float32Kernels, nn.SequentialCell):
             return self._conv_bn_act(x)
         if self.portable or self.bn_act is None or self.training or self.bias_residual is None:
             return self._conv_bn_act(x) + residual
-        conv, bn = self.cell_list[0], self.cell_list[1]
-        weight, bias = self.fold(conv.weight, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance, self.eps)
+        conv = self.cell_list[0]
+        weight, bias = self.folded()
         if self.conv_bias_residual is not None:
             return self.conv_bias_residual(x, weight, bias, residual)
         return self.bias_residual(conv.convolve(x, weight), bias, residual)
@@ -253,10 +257,15 @@ class ConvBNAct(Float32Kernels, nn.SequentialCell):
             for cell in self.cell_list:
                 x = cell(x)
             return x
-        weight, bias = self.fold(conv.weight, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance, self.eps)
+        weight, bias = self.folded()
         if self.conv_bias_act is not None:
             return self.conv_bias_act(x, weight, bias)
         return self.bias_act(conv.convolve(x, weight), bias)
+
+    def folded(self):
+        """(weight, bias) of the convolution with the BatchNorm folded in (inference, kernels only)."""
+        conv, bn = self.cell_list[0], self.cell_list[1]
+        return self.fold(conv.weight, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance, self.eps)
 
     def _train_fused(self, x, conv, bn):
         """conv, then BatchNorm on batch statistics + activation in one C++ op; the moving statistics are
@@ -268,6 +277,32 @@ class ConvBNAct(Float32Kernels, nn.SequentialCell):
         ops.assign(bn.moving_mean, bn.moving_mean * (1.0 - bn.momentum) + mean * bn.momentum)
         ops.assign(bn.moving_variance, bn.moving_variance * (1.0 - bn.momentum) + unbiased * bn.momentum)
         return y
+
+
+def separable_op(depthwise: ConvBNAct, pointwise: ConvBNAct, shortcut: bool = False):
+    """The C++ op that runs `depthwise` (a depthwise ConvBNAct) then `pointwise` (a 1x1 ConvBNAct; with `shortcut`
+    linear, adding a shortcut) in inference as one pass (`depthwise_pointwise_op`: the depthwise output stays in
+    cache), to be set as `pointwise.separable`; None where there is none (no kernels, or a pair it does not have)."""
+    conv, dense = depthwise.cell_list[0], pointwise.cell_list[0]
+    if not (isinstance(conv, DepthwiseConv2d) and conv.kernel is not None and isinstance(dense, Conv2d)
+            and dense._pointwise() and depthwise.bn_act is not None and pointwise.bn_act is not None):
+        return None
+    return depthwise_pointwise_op(conv.stride[0], depthwise.activation,
+                                  "residual" if shortcut else pointwise.activation)
+
+
+def depthwise_then_pointwise(depthwise: ConvBNAct, pointwise: ConvBNAct, x, shortcut=None):
+    """pointwise(depthwise(x)) (+ `shortcut`, added by `pointwise`): in inference with the kernels as the one op
+    `pointwise.separable` (see `separable_op`) on the folded weights; in training, with `portable` set or without
+    that op, the two cells."""
+    if pointwise.separable is None or depthwise.training or depthwise.portable or pointwise.portable:
+        hidden = depthwise(x)
+        return pointwise(hidden) if shortcut is None else pointwise(hidden, shortcut)
+    weight, bias = depthwise.folded()
+    dense_weight, dense_bias = pointwise.folded()
+    if shortcut is None:
+        return pointwise.separable(x, weight, bias, dense_weight, dense_bias)
+    return pointwise.separable(x, weight, bias, dense_weight, dense_bias, shortcut)
 
 
 def conv_bn_act(in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1, groups: int = 1,

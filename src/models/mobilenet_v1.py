@@ -2,7 +2,7 @@
 import mindspore.nn as nn
 from mindspore.common.initializer import TruncatedNormal, XavierUniform, initializer
 
-from src.models.layers import GlobalAvgPool, conv_bn_act, make_dropout
+from src.models.layers import GlobalAvgPool, conv_bn_act, depthwise_then_pointwise, make_dropout, separable_op
 
 STEM_CHANNELS = 32
 # (output channels of the pointwise conv, stride of the depthwise conv), one row per block
@@ -19,7 +19,8 @@ def _channels(c: int, width_mult: float) -> int:
 
 
 class MobileNetV1(nn.Cell):
-    """MobileNetV1; every layer is conv -> BN -> ReLU6, then global average pool and a dense head."""
+    """MobileNetV1; every layer is conv -> BN -> ReLU6, then global average pool and a dense head.  In inference
+    on CPU each block's depthwise and pointwise layers run as one C++ op (`separable_op`)."""
 
     def __init__(self, class_num: int = 1000, width_mult: float = 1.0, dropout: float = 0.0, norm=None):
         super().__init__()
@@ -31,6 +32,8 @@ class MobileNetV1(nn.Cell):
             layers.append(conv_bn_act(in_ch, out_ch, 1, activation="relu6", norm=norm))
             in_ch = out_ch
         self.features = nn.SequentialCell(layers)
+        for i in range(1, len(layers), 2):
+            layers[i + 1].separable = separable_op(layers[i], layers[i + 1])
         self.pool = GlobalAvgPool()
         self.dropout = make_dropout(dropout)
         self.classifier = nn.Dense(in_ch, class_num)
@@ -46,4 +49,7 @@ class MobileNetV1(nn.Cell):
                 cell.bias.set_data(initializer("zeros", cell.bias.shape, cell.bias.dtype))
 
     def construct(self, x):
-        return self.classifier(self.dropout(self.pool(self.features(x))))
+        x = self.features[0](x)
+        for i in range(1, len(self.features), 2):
+            x = depthwise_then_pointwise(self.features[i], self.features[i + 1], x)
+        return self.classifier(self.dropout(self.pool(x)))

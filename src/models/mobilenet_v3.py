@@ -8,7 +8,8 @@ import mindspore.nn as nn
 from mindspore.common.initializer import HeNormal, Normal, initializer
 
 from src.kernels.squeeze_excite import hsigmoid_gate_op
-from src.models.layers import ACTIVATIONS, Float32Kernels, GlobalAvgPool, conv_bn_act, make_divisible, make_dropout
+from src.models.layers import (ACTIVATIONS, Float32Kernels, GlobalAvgPool, conv_bn_act, depthwise_then_pointwise,
+                               make_divisible, make_dropout, separable_op)
 
 STEM_CHANNELS = 16
 # kernel, expansion channels, output channels, squeeze-excite, activation, stride (width 1.0)
@@ -84,8 +85,13 @@ class InvertedResidual(nn.Cell):
         layers.append(conv_bn_act(exp_ch, out_ch, 1, activation=None, norm=norm))
         self.block = nn.SequentialCell(layers)
         self.use_residual = stride == 1 and in_ch == out_ch
+        if not use_se:  # the depthwise and projection layers as one C++ op in inference on CPU
+            layers[-1].separable = separable_op(layers[-2], layers[-1], self.use_residual)
 
     def construct(self, x):
+        if self.block[-1].separable is not None:
+            hidden = self.block[0](x) if len(self.block) == 3 else x
+            return depthwise_then_pointwise(self.block[-2], self.block[-1], hidden, x if self.use_residual else None)
         if not self.use_residual:
             return self.block(x)
         out = x
