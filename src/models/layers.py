@@ -172,14 +172,15 @@ class Conv2d(nn.Conv2d):
         """Custom op (x, weight, bias) -> activation(conv(x, weight) + bias[c]) in one C++ GEMM (inference with
         folded BatchNorm) for a 1x1 convolution on CPU where it is the faster (see `POINTWISE_MAX_INPUTS`), else
         None."""
-        return pointwise_bias_act_op(activation) if self._pointwise() else None
+        return pointwise_bias_act_op(activation) if self.uses_gemm() else None
 
     def bias_residual_op(self):
         """Custom op (x, weight, bias, residual) -> conv(x, weight) + bias[c] + residual in one C++ GEMM for a 1x1
         convolution on CPU where it is the faster (see `POINTWISE_MAX_INPUTS`), else None."""
-        return pointwise_residual_op() if self._pointwise() else None
+        return pointwise_residual_op() if self.uses_gemm() else None
 
-    def _pointwise(self):
+    def uses_gemm(self):
+        """Whether this 1x1 convolution runs as our GEMM in inference (see `POINTWISE_MAX_INPUTS`)."""
         if not (self.kernel_size == (1, 1) and self.stride == (1, 1) and self.group == 1 and not self.has_bias
                 and cpu_library() is not None):
             return False
@@ -285,7 +286,7 @@ def separable_op(depthwise: ConvBNAct, pointwise: ConvBNAct, shortcut: bool = Fa
     cache), to be set as `pointwise.separable`; None where there is none (no kernels, or a pair it does not have)."""
     conv, dense = depthwise.cell_list[0], pointwise.cell_list[0]
     if not (isinstance(conv, DepthwiseConv2d) and conv.kernel is not None and isinstance(dense, Conv2d)
-            and dense._pointwise() and depthwise.bn_act is not None and pointwise.bn_act is not None):
+            and dense.uses_gemm() and depthwise.bn_act is not None and pointwise.bn_act is not None):
         return None
     return depthwise_pointwise_op(conv.stride[0], depthwise.activation,
                                   "residual" if shortcut else pointwise.activation)
