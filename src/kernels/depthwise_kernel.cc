@@ -17,17 +17,6 @@
 
 namespace {
 
-// Runs body(plane_index, scratch) over all n * c planes, each thread with its own scratch buffer.
-template <typename Body>
-void ForPlanes(const Geometry& g, int64_t scratch_size, Body body) {
-  const int64_t planes = g.n * g.c;
-  const bool parallel = planes > 1 && planes * g.ho * g.wo * g.k * g.k > 32768;
-  ParallelFor(planes, parallel, [&](int64_t first, int64_t last) {
-    std::vector<float> scratch(scratch_size);
-    for (int64_t i = first; i < last; ++i) body(i, scratch.data());
-  });
-}
-
 // Largest tap offset inside one phase plane: the zero margin in front of a gradient grid.
 int64_t Margin(const Geometry& g) { return RoundUp(((g.k - 1) / g.s) * g.pw + (g.k - 1) / g.s); }
 
@@ -53,15 +42,9 @@ int ForwardImpl(int nparam, void** params, int* ndims, int64_t** shapes, const c
   const int64_t taps = g.k * g.k;
   int64_t offsets[64];
   TapOffsets(g, g.ph, offsets);
-  ForPlanes(g, PhaseBufferSize(g) + GridSize(g), [&](int64_t i, float* scratch) {
-    float* phases = scratch;
-    float* out = scratch + PhaseBufferSize(g);
-    Split<S>(x + i * g.h * g.w, g, phases);
-    std::fill(phases + g.phases(), phases + PhaseBufferSize(g), 0.0f);
-    ConvolveRows<kBias, Act>(phases, g, offsets, w + (i % g.c) * taps, kBias ? bias[i % g.c] : 0.0f, g.ho, out);
-    for (int64_t oh = 0; oh < g.ho; ++oh) {
-      std::copy(out + oh * g.pw, out + oh * g.pw + g.wo, y + (i * g.ho + oh) * g.wo);
-    }
+  ForPlanes(g, ForwardScratchSize(g), [&](int64_t i, float* scratch) {
+    ForwardPlane<S, kBias, Act>(x + i * g.h * g.w, g, offsets, w + (i % g.c) * taps, kBias ? bias[i % g.c] : 0.0f,
+                                scratch, y + i * g.ho * g.wo);
   });
   return 0;
 }

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "kernel_util.h"
 
@@ -158,4 +159,31 @@ void ConvolveRows(const float* phases, const Geometry& g, const int64_t* offsets
     }
     acc.Store(out + t0);
   }
+}
+
+// Runs body(plane_index, scratch) over all n * c planes, each thread with its own scratch buffer.
+template <typename Body>
+void ForPlanes(const Geometry& g, int64_t scratch_size, Body body) {
+  const int64_t planes = g.n * g.c;
+  const bool parallel = planes > 1 && planes * g.ho * g.wo * g.k * g.k > 32768;
+  ParallelFor(planes, parallel, [&](int64_t first, int64_t last) {
+    std::vector<float> scratch(scratch_size);
+    for (int64_t i = first; i < last; ++i) body(i, scratch.data());
+  });
+}
+
+// Scratch floats of ForwardPlane.
+inline int64_t ForwardScratchSize(const Geometry& g) { return PhaseBufferSize(g) + GridSize(g); }
+
+// The depthwise forward pass of one input plane (weights wc, `offsets` from TapOffsets(g, g.ph, ..)) into its ho x wo
+// output plane dst: act(conv + bias) with kBias, else conv.
+template <int64_t S, bool kBias, typename Act>
+void ForwardPlane(const float* src, const Geometry& g, const int64_t* offsets, const float* wc, float bias,
+                  float* scratch, float* dst) {
+  float* phases = scratch;
+  float* out = scratch + PhaseBufferSize(g);
+  Split<S>(src, g, phases);
+  std::fill(phases + g.phases(), phases + PhaseBufferSize(g), 0.0f);
+  ConvolveRows<kBias, Act>(phases, g, offsets, wc, bias, g.ho, out);
+  for (int64_t oh = 0; oh < g.ho; ++oh) std::copy(out + oh * g.pw, out + oh * g.pw + g.wo, dst + oh * g.wo);
 }
