@@ -367,7 +367,8 @@ class WithShortcut(nn.Cell):
 def test_pointwise_in_inference_matches_builtin(mode, activation):
     """A 1x1 conv -> BatchNorm -> activation (or + shortcut) in inference as one C++ GEMM with the folded BatchNorm's
     bias and the activation in its epilogue equals the built-in operators: output, input and parameter gradients,
-    for planes that are and are not multiples of the 16-pixel block and output channels not a multiple of 6."""
+    for pixel counts that are and are not multiples of the pixel block (48 with AVX-512) and output channels
+    not a multiple of the register block's 8 (6 with AVX2)."""
     act = None if activation == "shortcut" else activation
     nets = [conv_bn_act(20, 13, 1, activation=act) for _ in range(2)]
     fast, builtin = nets[0], use_portable_ops(nets[1])
