@@ -20,7 +20,6 @@ from src.model_utils.config import get_config
 from src.model_utils.device import setup_device, target_available
 from src.model_card import make_card
 from src.predict import exported_model
-from src.models.layers import use_portable_ops
 
 EXTENSIONS = {"MINDIR": ".mindir", "AIR": ".air", "ONNX": ".onnx"}
 
@@ -37,9 +36,8 @@ def main():
     checkpoint = config.ckpt_file or config.checkpoint_path
     if not checkpoint:
         raise UserError("ckpt_file is empty; expected --ckpt_file PATH/TO/model.ckpt")
-    net, card = build_network(config, checkpoint, "ckpt_file")
+    net, card = build_network(config, checkpoint, "ckpt_file", for_export=True)
     net.set_train(False)
-    use_portable_ops(net)  # the same mathematics from standard operators, loadable anywhere
     batch = config.batch_size if "batch_size" in config.cli_keys else 1
     height, width = config.height or config.image_size, config.width or config.image_size
     inputs = np.random.default_rng(0).standard_normal((batch, 3, height, width)).astype(np.float32)

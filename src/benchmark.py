@@ -176,9 +176,8 @@ def measure_onnxruntime(args, name: str, width: float) -> dict:
     import onnxruntime  # pylint: disable=import-outside-toplevel
     from mindspore.onnx import export as export_onnx  # pylint: disable=import-outside-toplevel
     from src.models import create_model  # pylint: disable=import-outside-toplevel
-    from src.models.layers import use_portable_ops  # pylint: disable=import-outside-toplevel
 
-    net = use_portable_ops(create_model(name, class_num=10, width_mult=width))
+    net = create_model(name, class_num=10, width_mult=width)  # what export.py exports
     net.set_train(False)
     images = np.random.default_rng(0).standard_normal((args.batch_size, 3, args.image_size, args.image_size),
                                                       np.float32)

@@ -8,6 +8,7 @@ import numpy as np
 
 from src.distributed import restore_own_statistics
 from src.errors import UserError
+from src.kernels.lowering import lower_for_cpu
 from src.model_card import ARCHITECTURE_KEYS, EVALUATION_KEYS, apply_card, read_card
 from src.model_utils.cli import log, warn
 from src.models import create_model
@@ -54,9 +55,11 @@ def fit_to_network(net, params: dict, path: str, what: str = "checkpoint", allow
     return {name: params[name] for name in expected if name not in head}
 
 
-def build_network(config, checkpoint: str = "", what: str = "checkpoint", fine_tune: bool = False):
+def build_network(config, checkpoint: str = "", what: str = "checkpoint", fine_tune: bool = False,
+                  for_export: bool = False):
     """The network `config` describes, with the weights (and BN statistics) of `checkpoint` when given, checked by
-    `fit_to_network`.  The checkpoint's model card (see src/model_card.py) settles the model, width and BatchNorm
+    `fit_to_network`; on CPU lowered for the C++ kernels (`lower_for_cpu`; CPU trains in float32, see
+    `src.training.precision_settings`), unless `for_export` (the exported file holds MindSpore's standard operators).  The checkpoint's model card (see src/model_card.py) settles the model, width and BatchNorm
     epsilon and, unless fine-tuning (where a new head may replace its classifier), the class count, class names
     and evaluation transform: `config` is updated, except for keys given on the command line.  A checkpoint with an
     EMA of the weights (`ema.<name>`) gives its averages unless `config.use_ema` is false.  Returns (network,
@@ -66,8 +69,8 @@ def build_network(config, checkpoint: str = "", what: str = "checkpoint", fine_t
         params = read_checkpoint(checkpoint, what)
         card = read_card(params, checkpoint)
         apply_card(config, card, checkpoint, ARCHITECTURE_KEYS if fine_tune else ARCHITECTURE_KEYS + EVALUATION_KEYS)
-    net = create_model(config.model, config.class_num, config.width_mult, config.dropout, config.device_target,
-                       config.sync_bn, config.bn_eps)
+    net = create_model(config.model, config.class_num, config.width_mult, config.dropout, config.sync_bn,
+                       config.bn_eps)
     if checkpoint:
         averages = {name[len(EMA_PREFIX) + 1:]: value for name, value in params.items()
                     if name.startswith(EMA_PREFIX + ".")}
@@ -75,6 +78,8 @@ def build_network(config, checkpoint: str = "", what: str = "checkpoint", fine_t
             params = {**params, **averages}
             log(f"{what} {checkpoint}: using its EMA weights (--use_ema False for the trained ones)")
         ms.load_param_into_net(net, fit_to_network(net, params, checkpoint, what, allow_new_head=fine_tune))
+    if config.device_target == "CPU" and not for_export:
+        lower_for_cpu(net)
     return net, card
 
 

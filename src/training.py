@@ -15,7 +15,6 @@ from src.distributed import all_reduce, rank_and_size
 from src.errors import UserError
 from src.loss import CrossEntropySmooth
 from src.model_utils.cli import log, warn
-from src.models.layers import use_portable_ops
 
 
 class CountingLossScaleUpdateCell(nn.DynamicLossScaleUpdateCell):
@@ -79,14 +78,13 @@ def precision_settings(config) -> Precision:
 
 def mixed_precision_o1(net: nn.Cell) -> nn.Cell:
     """amp level O1 on `net`, in place: convolutions and dense layers (MindSpore's O1 white list) in float16,
-    everything else in float32, with the standard operators (the C++ kernels are float32-only).
+    everything else in float32.
 
     MindSpore's own O1 (`_auto_mixed_precision_rewrite` in mindspore/train/amp.py) rewrites the Python source of
     every `construct` into new classes; on these networks it fails while building them (TypeError / NameError in the
     generated subclasses of our convolution cells) and leaves a `rewritten_network/` folder behind.  Here
     `Cell.to_float` marks the cells instead: every cell casts its inputs to float32, convolution and dense cells
     theirs (and their weights) to float16."""
-    use_portable_ops(net)
     net.to_float(ms.float32)
     for _, cell in net.cells_and_names():
         if isinstance(cell, (nn.Conv2d, nn.Dense)):

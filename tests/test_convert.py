@@ -17,7 +17,7 @@ from src.convert import convert, evaluation_transform, read_weights, recognise
 from src.errors import UserError
 from src.model_card import read_card
 from src.models import create_model
-from src.models.layers import use_portable_ops
+from src.kernels.lowering import lower_for_cpu
 from tests.fixtures.make_pretrained_fixtures import fixture_input, synthetic_weights
 from tests.test_reliability import assert_user_error, run_script
 
@@ -71,7 +71,7 @@ def test_fixtures_cover_every_supported_and_refused_source():
 @pytest.mark.parametrize("name", sorted(CONVERTED))
 def test_converted_weights_reproduce_the_source_logits(name, tmp_path):
     """Recognised from names and shapes alone; logits within 1e-4 of the source's (relative to the logit scale) in
-    the fast CPU path and the portable one."""
+    the standard network and lowered for the CPU kernels."""
     spec = manifest(name)
     path = write_source_file(name, str(tmp_path))
     tensors = read_weights(path)
@@ -81,10 +81,10 @@ def test_converted_weights_reproduce_the_source_logits(name, tmp_path):
     net.set_train(False)
     reference = np.array(spec["logits"])
     inputs = ms.Tensor(fixture_input())
-    fast = net(inputs).asnumpy()
-    portable = use_portable_ops(net)(inputs).asnumpy()
+    standard = net(inputs).asnumpy()
+    fast = lower_for_cpu(net)(inputs).asnumpy()
+    assert relative_error(standard, reference) < 1e-4
     assert relative_error(fast, reference) < 1e-4
-    assert relative_error(portable, reference) < 1e-4
 
 
 def test_the_batchnorm_epsilon_is_what_makes_timm_weights_exact(tmp_path):

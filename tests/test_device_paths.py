@@ -47,9 +47,8 @@ def config_for(overrides=None, config_file="demo_config.yaml"):
 
 
 def custom_ops(net):
-    """Names of the cells of `net` that hold a C++ kernel (`ops.Custom`) and would run it."""
-    return [name for name, cell in net.cells_and_names()
-            if not getattr(cell, "portable", False) and any(isinstance(v, ops.Custom) for v in vars(cell).values())]
+    """Names of the cells of `net` that hold a C++ kernel (`ops.Custom`)."""
+    return [name for name, cell in net.cells_and_names() if any(isinstance(v, ops.Custom) for v in vars(cell).values())]
 
 
 def images(batch=2, size=32, seed=0):
@@ -59,21 +58,19 @@ def images(batch=2, size=32, seed=0):
 # ---- 1. amp O2 rewrites the network in place; evaluation afterwards ----
 
 @pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], indirect=True)
-@pytest.mark.parametrize("built_for", ["GPU", "CPU"])
-def test_o2_network_trains_and_evaluates(mode, built_for):
+def test_o2_network_trains_and_evaluates(mode):
     """`build_train_network(level="O2")` (mindspore/train/amp.py: `_do_keep_batchnorm_fp32`, lines 562-576, wraps
-    every BatchNorm of a SequentialCell in `_OutputTo16` and rebuilds `cell_list`) on the network as built for GPU (no
-    C++ kernels) and for CPU (kernels, which the float16 marking must switch off): a training step, then inference
-    equals the float32 network with the same weights to float16 precision, and checkpoint names are unchanged."""
+    every BatchNorm of a SequentialCell in `_OutputTo16` and rebuilds `cell_list`) on the network: a training step,
+    then inference equals the float32 network with the same weights to float16 precision, and checkpoint names are
+    unchanged."""
     set_seed(1)
-    net = create_model("mobilenet_v3_small", 10, 0.75, device_target=built_for)
-    reference = create_model("mobilenet_v3_small", 10, 0.75, device_target="GPU")
+    net = create_model("mobilenet_v3_small", 10, 0.75)
+    reference = create_model("mobilenet_v3_small", 10, 0.75)
     names = [p.name for p in net.get_parameters()]
     optimizer = nn.Momentum(net.trainable_params(), 0.01, 0.9, loss_scale=1024.0)
     train_net = build_train_network(net, optimizer, CrossEntropySmooth(10), level="O2",
                                     loss_scale_manager=FixedLossScaleManager(1024.0, drop_overflow_update=False))
     assert sum(type(cell).__name__ == "_OutputTo16" for _, cell in net.cells_and_names()) == 34  # every BatchNorm
-    assert not custom_ops(net)
     loss = train_net(images(4), ms.Tensor(np.array([1, 2, 3, 4], np.int32)))
     assert np.isfinite(loss.asnumpy())
     net.set_train(False)
@@ -90,11 +87,13 @@ def test_o2_network_trains_and_evaluates(mode, built_for):
 
 def test_mindspore_o1_rewrite_fails_on_these_networks(tmp_path, monkeypatch):
     """Why O1 is ours (`mixed_precision_o1`): MindSpore's O1 (`_auto_mixed_precision_rewrite`, amp.py line 345) fails
-    building the rewritten classes of our cells.  When a MindSpore release passes this test, use its O1 again."""
+    on these networks: the rewritten classes assign into nested SequentialCells, whose `__setitem__` fails on their
+    parameter names (IndexError in `_get_prefix_and_index`, nn/layer/container.py line 91).  When a MindSpore release
+    passes this test, use its O1 again."""
     monkeypatch.chdir(tmp_path)  # it writes rewritten_network/ into the working folder
     # ImportError where .venv is a symbolic link to another folder: the rewritten source imports relatively
-    with pytest.raises((TypeError, NameError, ImportError)):
-        auto_mixed_precision(create_model("mobilenet_v3_small", 10, 0.75, device_target="GPU"), "O1")
+    with pytest.raises((TypeError, NameError, ImportError, IndexError)):
+        auto_mixed_precision(create_model("mobilenet_v3_small", 10, 0.75), "O1")
 
 
 def test_o1_runs_convolutions_and_dense_in_float16_and_trains_the_evaluated_network():
@@ -107,7 +106,7 @@ def test_o1_runs_convolutions_and_dense_in_float16_and_trains_the_evaluated_netw
         set_seed(1)
         config = config_for({"model": "mobilenet_v3_small", "width_mult": 0.75, "device_target": "GPU",
                              "amp_level": "O1", "loss_scale": 1024.0})
-        net = create_model("mobilenet_v3_small", 10, 0.75)  # built for CPU: O1 must switch the kernels off
+        net = create_model("mobilenet_v3_small", 10, 0.75)
         optimizer = nn.Momentum(net.trainable_params(), 0.01, 0.9, loss_scale=1024.0)
         model = build_model(config, net, LossRecorder(CrossEntropySmooth(10)), optimizer, precision_settings(config))
         dtypes = {}
@@ -121,9 +120,7 @@ def test_o1_runs_convolutions_and_dense_in_float16_and_trains_the_evaluated_netw
         before = net.classifier.weight.asnumpy().copy()
         loss = model.train_network(images(4), ms.Tensor(np.array([1, 2, 3, 4], np.int32)))
         assert np.isfinite(loss.asnumpy())
-        assert dtypes == {"UnfoldConv2d": {ms.float16}, "DepthwiseConv2d": {ms.float16}, "Conv2d": {ms.float16},
-                          "Dense": {ms.float16}, "BatchNorm2d": {ms.float32}}
-        assert not custom_ops(net)
+        assert dtypes == {"Conv2d": {ms.float16}, "Dense": {ms.float16}, "BatchNorm2d": {ms.float32}}
         assert not np.array_equal(net.classifier.weight.asnumpy(), before)
         assert model.eval_network._network is net  # pylint: disable=protected-access  (evaluates what was trained)
     finally:
@@ -170,9 +167,9 @@ def test_o2_with_loss_scale_1_trains_without_a_dynamic_manager():
     `TrainOneStepCell` that never skips a step."""
     config = config_for({"device_target": "GPU", "amp_level": "O2", "loss_scale": 1.0})
     with pytest.raises(ValueError, match="loss_scale_manager"):
-        Model(create_model("mobilenet_v1", 10, 0.25, device_target="GPU"), CrossEntropySmooth(10),
+        Model(create_model("mobilenet_v1", 10, 0.25), CrossEntropySmooth(10),
               nn.Momentum(create_model("mobilenet_v1", 10, 0.25).trainable_params(), 0.1, 0.9), amp_level="O2")
-    net = create_model("mobilenet_v1", 10, 0.25, device_target="GPU")
+    net = create_model("mobilenet_v1", 10, 0.25)
     model = build_model(config, net, CrossEntropySmooth(10), nn.Momentum(net.trainable_params(), 0.1, 0.9),
                         precision_settings(config))
     assert type(model.train_network) is nn.TrainOneStepCell

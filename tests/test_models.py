@@ -1,14 +1,22 @@
-"""The networks are exactly the papers' models: parameter counts, MACs, shapes, gradients, init."""
+"""The networks are exactly the papers' models, built from MindSpore's standard cells: parameter counts, MACs, shapes,
+gradients, init; and the backbone API (forward_features / forward_head, feature_info, features_only)."""
+import os
+
 import mindspore as ms
 import mindspore.nn as nn
+import mindspore.ops as ops
 import numpy as np
+import onnxruntime
 import pytest
+from mindspore.onnx import export as export_onnx
 
 from src.errors import UserError
 from src.models import count_macs, count_params, create_model
 from src.models import layers
-from src.models.layers import Dropout, HSwish, use_portable_ops
-from src.models.mobilenet_v3 import InvertedResidual, SqueezeExcite
+from src.kernels.lowering import lower_for_cpu
+from src.models.layers import Dropout, FeatureMaps, GlobalAvgPool, HSigmoid, HSwish
+from src.models.mobilenet_v1 import MobileNetV1
+from src.models.mobilenet_v3 import InvertedResidual, MobileNetV3, SqueezeExcite
 
 # DESIGN.md section 3: trainable parameters (1000 classes) and MACs at 224x224
 REFERENCE = [
@@ -174,41 +182,93 @@ def test_each_rank_drops_its_own_units(monkeypatch):
     assert 0.6 < (masks[0] == masks[1]).mean() < 0.76  # independent (0.8^2 + 0.2^2 = 0.68)
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v3_small", "mobilenet_v3_large"])
-def test_fast_ops_match_portable_form(name):
-    """The speed-ups (fused h-swish / h-sigmoid, pooling as avg_pool2d, depthwise kernel, stem as unfold + 1x1,
-    BatchNorm folded into the convolution with one bias + activation pass in inference) leave logits and the
-    training loss sequence unchanged."""
-    ms.set_seed(5)
-    fused = create_model(name, class_num=10, dropout=0.0)
-    primitive = use_portable_ops(create_model(name, class_num=10, dropout=0.0))
-    initial = {p.name: p.clone() for p in fused.get_parameters()}
-    rng = np.random.default_rng(7)
-    for param in fused.get_parameters():  # BatchNorm statistics and affine of a trained net: folding is exercised
-        if param.name.endswith(("moving_mean", "beta")):
-            param.set_data(ms.Tensor(rng.normal(0, 0.3, param.shape).astype(np.float32)))
-        elif param.name.endswith(("moving_variance", "gamma")):
-            param.set_data(ms.Tensor(rng.uniform(0.5, 1.5, param.shape).astype(np.float32)))
-    ms.load_param_into_net(primitive, {p.name: p.clone() for p in fused.get_parameters()})
-    images = ms.Tensor(np.random.default_rng(2).standard_normal((4, 3, 64, 64)).astype(np.float32) * 3)
-    labels = ms.Tensor(np.array([1, 3, 5, 7], np.int32))
-    for net in (fused, primitive):
-        net.set_train(False)
-    assert np.abs(fused(images).asnumpy() - primitive(images).asnumpy()).max() < 1e-5
-    for net in (fused, primitive):  # training from the initialisation, as a run starts
-        ms.load_param_into_net(net, {name: p.clone() for name, p in initial.items()})
-    sequences = []
-    for net in (fused, primitive):
-        net.set_train(True)
-        if name == "mobilenet_v1":
-            # V1 with batch statistics of 4 images is chaotic: a 1e-7 relative change of the input alone moves
-            # the second loss by ~1e-2 (measured), so its sequence is compared with BN on moving statistics.
-            for _, cell in net.cells_and_names():
-                if isinstance(cell, nn.BatchNorm2d):
-                    cell.use_batch_statistics = False
-        loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
-        lr = 0.3 if name == "mobilenet_v1" else 0.05
-        step = nn.TrainOneStepCell(nn.WithLossCell(net, loss_fn), nn.Momentum(net.trainable_params(), lr, 0.9))
-        sequences.append([float(step(images, labels).asnumpy()) for _ in range(4)])
-    assert np.allclose(sequences[0], sequences[1], rtol=0, atol=1e-5), sequences
-    assert sequences[0][-1] < sequences[0][0] - 0.05, sequences  # it trained
+# Cells a network may hold: MindSpore's standard cells and our standard-operator ones, nothing else (no custom op).
+STANDARD_CELLS = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Dense, nn.SequentialCell, nn.Identity, HSwish,
+                  HSigmoid, GlobalAvgPool, Dropout, SqueezeExcite, InvertedResidual, MobileNetV1, MobileNetV3)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_networks_hold_only_standard_cells(name):
+    for _, cell in create_model(name, 10).cells_and_names():
+        assert type(cell) in STANDARD_CELLS, type(cell)
+        assert not any(isinstance(value, ops.Custom) for value in vars(cell).values())
+
+
+# ---- backbone API ----
+
+# (channels, reduction, module) of each stage: timm's feature_info for mobilenetv1_100 and the MobileNetV3s
+# (channels 64/128/256/512/1024; 16/16/24/48/576; 16/24/40/112/960), the modules counted by hand in the tables.
+STAGES = {
+    ("mobilenet_v1", 1.0): [(64, 2, 2), (128, 4, 6), (256, 8, 10), (512, 16, 22), (1024, 32, 26)],
+    ("mobilenet_v1", 0.25): [(16, 2, 2), (32, 4, 6), (64, 8, 10), (128, 16, 22), (256, 32, 26)],
+    ("mobilenet_v3_small", 1.0): [(16, 2, 0), (16, 4, 1), (24, 8, 3), (48, 16, 8), (576, 32, 12)],
+    ("mobilenet_v3_large", 1.0): [(16, 2, 1), (24, 4, 3), (40, 8, 6), (112, 16, 12), (960, 32, 16)],
+}
+
+
+@pytest.mark.parametrize("name,width", sorted(STAGES))
+def test_feature_info_and_feature_maps(name, width):
+    net = create_model(name, 10, width)
+    assert [(s["num_chs"], s["reduction"], s["module"]) for s in net.feature_info] == [
+        (chs, reduction, f"features.{index}") for chs, reduction, index in STAGES[name, width]]
+    backbone = create_model(name, 10, width, features_only=True)
+    backbone.set_train(False)
+    maps = backbone(ms.Tensor(np.zeros((1, 3, 64, 96), np.float32)))
+    assert [m.shape for m in maps] == [(1, chs, 64 // reduction, 96 // reduction)
+                                       for chs, reduction, _ in STAGES[name, width]]
+
+
+@pytest.mark.parametrize("name,pre_logits", [("mobilenet_v1", 1024), ("mobilenet_v3_small", 1024),
+                                             ("mobilenet_v3_large", 1280)])
+def test_head_of_features_is_the_network(name, pre_logits):
+    net = create_model(name, 10)
+    net.set_train(False)
+    x = ms.Tensor(np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32))
+    features = net.forward_features(x)
+    assert features.shape == (2, net.feature_info[-1]["num_chs"], 2, 2)
+    np.testing.assert_array_equal(net.forward_head(features).asnumpy(), net(x).asnumpy())
+    assert net.forward_head(features, pre_logits=True).shape == (2, pre_logits)
+
+
+def test_features_only_selects_stages_loads_classifier_weights_and_lowers():
+    """out_indices picks stages (the backbone stops at the last one); the parameters keep the classifier's names, so
+    its checkpoint loads; the lowered backbone gives the standard one's maps."""
+    net = create_model("mobilenet_v3_small", 10, 0.75)
+    backbone = create_model("mobilenet_v3_small", 10, 0.75, features_only=True, out_indices=(1, 3))
+    assert [s["reduction"] for s in backbone.feature_info] == [4, 16]
+    assert len(backbone.features) == net.feature_info[3]["index"] + 1
+    params = {p.name: p for p in net.get_parameters()}
+    assert all(p.name in params and p.shape == params[p.name].shape for p in backbone.get_parameters())
+    ms.load_param_into_net(backbone, params)
+    fast = create_model("mobilenet_v3_small", 10, 0.75, features_only=True, out_indices=(1, 3))
+    ms.load_param_into_net(fast, params)
+    lower_for_cpu(fast)
+    x = ms.Tensor(np.random.default_rng(1).standard_normal((2, 3, 64, 64)).astype(np.float32))
+    for model in (net, backbone, fast):
+        model.set_train(False)
+    maps, fast_maps = backbone(x), fast(x)
+    np.testing.assert_array_equal(maps[1].asnumpy(), net.features[:net.feature_info[3]["index"] + 1](x).asnumpy())
+    for want, got in zip(maps, fast_maps):
+        np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), rtol=1e-5, atol=1e-5 * np.abs(want.asnumpy()).max())
+    with pytest.raises(ValueError, match="out_indices"):
+        FeatureMaps(net, (5,))
+
+
+@pytest.mark.parametrize("file_format", ["MINDIR", "ONNX"])
+def test_features_only_exports_one_output_per_stage(file_format, tmp_path):
+    backbone = create_model("mobilenet_v1", 10, 0.25, features_only=True, out_indices=(2, 3, 4))
+    backbone.set_train(False)
+    x = np.random.default_rng(2).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    want = [m.asnumpy() for m in backbone(ms.Tensor(x))]
+    path = str(tmp_path / "backbone")
+    if file_format == "ONNX":
+        export_onnx(backbone, ms.Tensor(x), file_name=path, input_names=["image"],
+                    output_names=["stage2", "stage3", "stage4"])
+        got = onnxruntime.InferenceSession(path + ".onnx", providers=["CPUExecutionProvider"]).run(None, {"image": x})
+    else:
+        ms.export(backbone, ms.Tensor(x), file_name=path, file_format="MINDIR")
+        got = [m.asnumpy() for m in nn.GraphCell(ms.load(path + ".mindir"))(ms.Tensor(x))]
+    assert os.path.isfile(path + "." + file_format.lower())
+    assert [g.shape for g in got] == [(1, 64, 8, 8), (1, 128, 4, 4), (1, 256, 2, 2)]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * np.abs(w).max())

@@ -159,6 +159,11 @@ def test_predict_usage_errors_are_one_line(args, message, tmp_path):
                       .replace(".", r"\."))
 
 
+def named(net) -> dict:
+    """The parameters of `net` by their (checkpoint) names."""
+    return {p.name: p for p in net.get_parameters()}
+
+
 def test_a_checkpoint_with_an_ema_gives_its_averages_unless_use_ema_is_false(tmp_path, capsys):
     net = create_model("mobilenet_v1", 10, 0.25)
     averages = {f"ema.{p.name}": ms.Tensor(p.asnumpy() + 1.0) for p in net.trainable_params()}
@@ -166,8 +171,7 @@ def test_a_checkpoint_with_an_ema_gives_its_averages_unless_use_ema_is_false(tmp
     save_checkpoint(net, path, averages)
     stem = "features.0.0.weight"
     built, _ = build_network(config_for("--width_mult", "0.25"), path)
-    assert np.array_equal(dict(built.parameters_and_names())[stem].asnumpy(), averages["ema." + stem].asnumpy())
+    assert np.array_equal(named(built)[stem].asnumpy(), averages["ema." + stem].asnumpy())
     assert f"checkpoint {path}: using its EMA weights (--use_ema False for the trained ones)" in capsys.readouterr().out
     built, _ = build_network(config_for("--width_mult", "0.25", "--use_ema", "False"), path)
-    assert np.array_equal(dict(built.parameters_and_names())[stem].asnumpy(),
-                          dict(net.parameters_and_names())[stem].asnumpy())
+    assert np.array_equal(named(built)[stem].asnumpy(), named(net)[stem].asnumpy())

@@ -3,7 +3,7 @@ inference BatchNorm into the convolution before it."""
 import mindspore.ops as ops
 
 from src.kernels.bias_act import ACTIVATION_SYMBOLS
-from src.kernels.library import aot, cpu_library
+from src.kernels.library import aot
 
 
 def _fold_bprop(w, gamma, beta, mean, var, eps, out, dout):
@@ -19,34 +19,27 @@ def _fold_bprop(w, gamma, beta, mean, var, eps, out, dout):
 def fold_batchnorm_op():
     """Custom op (w', b') = fold(w, gamma, beta, mean, var, eps): a convolution weight w (out, ...) and the
     BatchNorm after it as one convolution with bias, w' = w * s, b' = beta - mean * s, s = gamma / sqrt(var +
-    eps) (eps a 1-element tensor).  None where the kernel library is unavailable or the target is not CPU."""
-    library = cpu_library()
-    if library is None:
-        return None
+    eps) (eps a 1-element tensor)."""
 
     def weight_and_bias(w, gamma, *_):
         return w, gamma
 
-    return aot(library, "FoldBatchNorm", weight_and_bias, _fold_bprop, out_dtype=weight_and_bias)
+    return aot("FoldBatchNorm", weight_and_bias, _fold_bprop, out_dtype=weight_and_bias)
 
 
 def batchnorm_train_op(activation):
     """Custom op (y, mean, var) = BatchNorm + `activation` in training mode on NCHW x, called as
     op(x, gamma, beta, eps) with eps a 1-element tensor: y = act(gamma * (x - mean) / sqrt(var + eps) + beta),
-    mean and (biased) var over N, H, W.  Its gradient op recomputes the pre-activation from x.  None where the
-    kernel library is unavailable or the target is not CPU."""
-    library = cpu_library()
-    if library is None:
-        return None
+    mean and (biased) var over N, H, W.  Its gradient op recomputes the pre-activation from x."""
     name = ACTIVATION_SYMBOLS[activation]
 
     def like_x_and_two_gammas(x, gamma, *_):  # y or dx, then two per-channel vectors
         return x, gamma, gamma
 
-    grad = aot(library, f"BNTrainGrad{name}", like_x_and_two_gammas, out_dtype=like_x_and_two_gammas)
+    grad = aot(f"BNTrainGrad{name}", like_x_and_two_gammas, out_dtype=like_x_and_two_gammas)
 
     def bprop(x, gamma, beta, eps, out, dout):
         dx, dgamma, dbeta = grad(x, gamma, beta, eps, out[1], out[2], dout[0])
         return dx, dgamma, dbeta, ops.zeros_like(eps)
 
-    return aot(library, f"BNTrain{name}", like_x_and_two_gammas, bprop, out_dtype=like_x_and_two_gammas)
+    return aot(f"BNTrain{name}", like_x_and_two_gammas, bprop, out_dtype=like_x_and_two_gammas)

@@ -2,7 +2,7 @@
 the activations' gradients shared by the fused kernels."""
 import mindspore.ops as ops
 
-from src.kernels.library import aot, cpu_library
+from src.kernels.library import aot
 
 ACTIVATION_SYMBOLS = {None: "Identity", "relu": "ReLU", "relu6": "ReLU6", "hswish": "HSwish"}
 
@@ -28,21 +28,14 @@ def _bias_act_bprop(activation):
 
 def bias_act_op(activation):
     """Custom op y = activation(x + bias[c]) on NCHW x in one pass (`activation`: None, "relu", "relu6" or
-    "hswish"), or None where the kernel library is unavailable or the target is not CPU."""
-    library = cpu_library()
-    if library is None:
-        return None
-    return aot(library, f"Bias{ACTIVATION_SYMBOLS[activation]}", lambda x, b: x, _bias_act_bprop(activation))
+    "hswish")."""
+    return aot(f"Bias{ACTIVATION_SYMBOLS[activation]}", lambda x, b: x, _bias_act_bprop(activation))
 
 
 def bias_residual_op():
-    """Custom op y = (x + bias[c]) + residual on NCHW x in one pass, or None where the kernel library is unavailable
-    or the target is not CPU."""
-    library = cpu_library()
-    if library is None:
-        return None
+    """Custom op y = (x + bias[c]) + residual on NCHW x in one pass."""
 
     def bprop(x, bias, residual, out, dout):
         return dout, dout.sum(axis=(0, 2, 3)), dout
 
-    return aot(library, "BiasResidual", lambda x, b, r: x, bprop)
+    return aot("BiasResidual", lambda x, b, r: x, bprop)

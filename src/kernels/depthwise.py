@@ -15,31 +15,31 @@ def conv_output_shape(x_shape, w_shape, stride):
             (x_shape[3] + 2 * (k // 2) - k) // stride + 1]
 
 
-def depthwise_grad_ops(library, stride):
+def depthwise_grad_ops(stride):
     """The ops (x, w, dy) -> dx and (x, w, dy) -> dw of a depthwise convolution at `stride`."""
-    return (aot(library, f"DepthwiseInputGradS{stride}", lambda x, w, dy: x),
-            aot(library, f"DepthwiseWeightGradS{stride}", lambda x, w, dy: w))
+    return (aot(f"DepthwiseInputGradS{stride}", lambda x, w, dy: x),
+            aot(f"DepthwiseWeightGradS{stride}", lambda x, w, dy: w))
 
 
-def depthwise_op(library: str, stride: int) -> ops.Custom:
+def depthwise_op(stride: int) -> ops.Custom:
     """Custom op y = depthwise_conv(x, w) at `stride`, with its gradient ops as bprop."""
-    input_grad, weight_grad = depthwise_grad_ops(library, stride)
+    input_grad, weight_grad = depthwise_grad_ops(stride)
 
     def bprop(x, w, out, dout):
         return input_grad(x, w, dout), weight_grad(x, w, dout)
 
-    return aot(library, f"DepthwiseForwardS{stride}", lambda x, w: conv_output_shape(x, w, stride), bprop)
+    return aot(f"DepthwiseForwardS{stride}", lambda x, w: conv_output_shape(x, w, stride), bprop)
 
 
-def depthwise_bias_act_op(library: str, stride: int, activation) -> ops.Custom:
+def depthwise_bias_act_op(stride: int, activation) -> ops.Custom:
     """Custom op y = activation(depthwise_conv(x, w) + bias[c]) at `stride` in one pass (inference with folded
     BatchNorm), with its gradient as bprop."""
-    forward = depthwise_op(library, stride)
-    input_grad, weight_grad = depthwise_grad_ops(library, stride)
+    forward = depthwise_op(stride)
+    input_grad, weight_grad = depthwise_grad_ops(stride)
 
     def bprop(x, w, bias, out, dout):
         dz = activation_grad(ops.bias_add(forward(x, w), bias), dout, activation)
         return input_grad(x, w, dz), weight_grad(x, w, dz), dz.sum(axis=(0, 2, 3))
 
-    return aot(library, f"DepthwiseForward{ACTIVATION_SYMBOLS[activation]}S{stride}",
-                lambda x, w, b: conv_output_shape(x, w, stride), bprop)
+    return aot(f"DepthwiseForward{ACTIVATION_SYMBOLS[activation]}S{stride}",
+               lambda x, w, b: conv_output_shape(x, w, stride), bprop)

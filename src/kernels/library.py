@@ -1,7 +1,5 @@
 """The C++ kernel library: compiled from the *_kernel.cc files of this package with g++ on first use and cached
-(`kernel_library`), which target the layers being built run on (`built_for`), and the MindSpore AOT custom op of one
-of its functions (`aot`)."""
-import contextlib
+(`kernel_library`), and the MindSpore AOT custom op of one of its functions (`aot`)."""
 import functools
 import hashlib
 import logging
@@ -11,7 +9,6 @@ import tempfile
 from ctypes import CDLL
 from pathlib import Path
 
-import mindspore as ms
 import mindspore.ops as ops
 
 SOURCES = tuple(Path(__file__).with_name(name)
@@ -21,7 +18,6 @@ HEADERS = tuple(Path(__file__).with_name(name)
                 for name in ("kernel_util.h", "depthwise_rows.h", "pointwise_gemm.inc"))
 
 _library = {}
-_build_target = {"device": None}  # set by `built_for`
 
 
 def cache_dir() -> Path:
@@ -83,30 +79,9 @@ def kernel_library():
     return _library["path"]
 
 
-def aot(library, symbol, out_shape, bprop=None, out_dtype=lambda x, *_: x):
-    """ops.Custom for `symbol` of the kernel library; `out_shape` / `out_dtype` map the inputs' shapes / dtypes to
-    the outputs' (by default one output of the first input's dtype)."""
-    return ops.Custom(f"{library}:{symbol}", out_shape=out_shape, out_dtype=out_dtype, func_type="aot",
+def aot(symbol, out_shape, bprop=None, out_dtype=lambda x, *_: x):
+    """ops.Custom for `symbol` of the kernel library (which must be available: see `kernel_library`); `out_shape` /
+    `out_dtype` map the inputs' shapes / dtypes to the outputs' (by default one output of the first input's
+    dtype)."""
+    return ops.Custom(f"{kernel_library()}:{symbol}", out_shape=out_shape, out_dtype=out_dtype, func_type="aot",
                       bprop=bprop)
-
-
-@contextlib.contextmanager
-def built_for(device_target: str):
-    """Layers built inside this block use the C++ kernels only if `device_target` is "CPU" (outside such a
-    block: if MindSpore's context device is), so a network can be built as it runs on another target."""
-    previous = _build_target["device"]
-    _build_target["device"] = device_target
-    try:
-        yield
-    finally:
-        _build_target["device"] = previous
-
-
-def building_for_cpu() -> bool:
-    """Whether layers built now run on CPU (see `built_for`)."""
-    return (_build_target["device"] or ms.get_context("device_target")) == "CPU"
-
-
-def cpu_library():
-    """The kernel library when building for CPU, else None."""
-    return kernel_library() if building_for_cpu() else None

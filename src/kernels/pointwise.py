@@ -4,7 +4,7 @@ import mindspore.ops as ops
 
 from src.kernels.bias_act import ACTIVATION_SYMBOLS, activation_grad
 from src.kernels.depthwise import conv_output_shape, depthwise_bias_act_op, depthwise_grad_ops, depthwise_op
-from src.kernels.library import aot, cpu_library
+from src.kernels.library import aot
 
 
 def _grads(x, w, dz):
@@ -16,11 +16,7 @@ def _grads(x, w, dz):
 
 
 def pointwise_bias_act_op(activation):
-    """Custom op y = activation(conv1x1(x, w) + bias[o]), with its gradient as bprop; None where the kernel library
-    is unavailable or the target is not CPU."""
-    library = cpu_library()
-    if library is None:
-        return None
+    """Custom op y = activation(conv1x1(x, w) + bias[o]), with its gradient as bprop."""
 
     def bprop(x, w, bias, out, dout):
         return _grads(x, w, activation_grad(ops.bias_add(ops.conv2d(x, w), bias), dout, activation))
@@ -28,20 +24,16 @@ def pointwise_bias_act_op(activation):
     def out_shape(x, w, bias):
         return [x[0], w[0], x[2], x[3]]
 
-    return aot(library, f"Pointwise{ACTIVATION_SYMBOLS[activation]}", out_shape, bprop)
+    return aot(f"Pointwise{ACTIVATION_SYMBOLS[activation]}", out_shape, bprop)
 
 
 def pointwise_residual_op():
-    """Custom op y = (conv1x1(x, w) + bias[o]) + residual, with its gradient as bprop; None where the kernel
-    library is unavailable or the target is not CPU."""
-    library = cpu_library()
-    if library is None:
-        return None
+    """Custom op y = (conv1x1(x, w) + bias[o]) + residual, with its gradient as bprop."""
 
     def bprop(x, w, bias, residual, out, dout):
         return (*_grads(x, w, dout), dout)
 
-    return aot(library, "PointwiseResidual", lambda x, w, b, r: r, bprop)
+    return aot("PointwiseResidual", lambda x, w, b, r: r, bprop)
 
 
 # (depthwise activation, pointwise activation or "residual") pairs the kernel library exports, for any stride (the
@@ -54,14 +46,13 @@ def depthwise_pointwise_op(stride, depthwise_activation, activation):
     or with `activation` "residual" (stride 1) y = conv1x1(...) + bias[o] + shortcut, called as
     op(x, wd, bd, w, bias, shortcut): a depthwise conv -> BatchNorm -> activation and a 1x1 conv -> BatchNorm ->
     activation in inference, both BatchNorms folded, in one pass with its gradient as bprop.  None where the library
-    does not have that pair (`SEPARABLE`) or is unavailable, or the target is not CPU."""
-    library = cpu_library()
+    does not have that pair (`SEPARABLE`)."""
     residual = activation == "residual"
-    if library is None or (depthwise_activation, activation) not in SEPARABLE or (residual and stride != 1):
+    if (depthwise_activation, activation) not in SEPARABLE or (residual and stride != 1):
         return None
-    depthwise = depthwise_op(library, stride)
-    input_grad, weight_grad = depthwise_grad_ops(library, stride)
-    depthwise_bias_act = depthwise_bias_act_op(library, stride, depthwise_activation)
+    depthwise = depthwise_op(stride)
+    input_grad, weight_grad = depthwise_grad_ops(stride)
+    depthwise_bias_act = depthwise_bias_act_op(stride, depthwise_activation)
     pointwise_activation = None if residual else activation
 
     def grads(x, wd, bd, w, bias, dout):
@@ -79,9 +70,9 @@ def depthwise_pointwise_op(stride, depthwise_activation, activation):
         def bprop_residual(x, wd, bd, w, bias, shortcut, out, dout):
             return (*grads(x, wd, bd, w, bias, dout), dout)
 
-        return aot(library, f"{name}ResidualS1", out_shape, bprop_residual)
+        return aot(f"{name}ResidualS1", out_shape, bprop_residual)
 
     def bprop(x, wd, bd, w, bias, out, dout):
         return grads(x, wd, bd, w, bias, dout)
 
-    return aot(library, f"{name}{ACTIVATION_SYMBOLS[activation]}S{stride}", out_shape, bprop)
+    return aot(f"{name}{ACTIVATION_SYMBOLS[activation]}S{stride}", out_shape, bprop)

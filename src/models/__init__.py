@@ -1,8 +1,7 @@
-"""Model factory: `create_model(name, ...)` returns a plain `nn.Cell`."""
+"""Model factory: `create_model(name, ...)` returns a plain `nn.Cell` of MindSpore's standard cells and operators."""
 from src.errors import UserError
 from src.models import mobilenet_v1, mobilenet_v3
-from src.kernels.library import built_for
-from src.models.layers import BN_EPS, batch_norm
+from src.models.layers import BN_EPS, FeatureMaps, batch_norm
 from src.models.stats import count_macs, count_params
 
 MODELS = {
@@ -15,11 +14,14 @@ __all__ = ["MODELS", "create_model", "count_macs", "count_params"]
 
 
 def create_model(name: str, class_num: int = 1000, width_mult: float = 1.0, dropout: float = None,
-                 device_target: str = None, sync_bn: bool = False, bn_eps: float = BN_EPS):
-    """Build `name` at `width_mult` with `class_num` outputs; `dropout=None` takes the family's default.  The C++
-    CPU kernels are used when `device_target` (default: MindSpore's context device) is CPU; `sync_bn` builds
-    `nn.SyncBatchNorm` layers (Ascend, in a distributed run) instead of `nn.BatchNorm2d`; `bn_eps` is the BatchNorm
-    epsilon (imported weights keep the one they were trained with)."""
+                 sync_bn: bool = False, bn_eps: float = BN_EPS, features_only: bool = False, out_indices=None):
+    """Build `name` at `width_mult` with `class_num` outputs; `dropout=None` takes the family's default; `sync_bn`
+    builds `nn.SyncBatchNorm` layers (Ascend, in a distributed run) instead of `nn.BatchNorm2d`; `bn_eps` is the
+    BatchNorm epsilon (imported weights keep the one they were trained with).
+
+    The classifier has `forward_features(x)` (the last feature map) and `forward_head(x, pre_logits=False)`, and
+    `feature_info` (each stage's `num_chs`, `reduction`, `module`).  With `features_only` the result is a backbone
+    (`FeatureMaps`) whose output is the tuple of the feature maps of the stages `out_indices` (default: all)."""
     if name not in MODELS:
         raise UserError(f"unknown model '{name}'; valid models: {', '.join(MODELS)}")
     widths, default_dropout = MODELS[name]
@@ -30,8 +32,9 @@ def create_model(name: str, class_num: int = 1000, width_mult: float = 1.0, drop
         raise UserError(f"class_num must be >= 1; got {class_num}")
     dropout = default_dropout if dropout is None else dropout
     norm = batch_norm(bn_eps, sync_bn)
-    with built_for(device_target):
-        if name == "mobilenet_v1":
-            return mobilenet_v1.MobileNetV1(class_num=class_num, width_mult=width_mult, dropout=dropout, norm=norm)
-        return mobilenet_v3.MobileNetV3(name.rsplit("_", 1)[1], class_num=class_num, width_mult=width_mult,
-                                        dropout=dropout, norm=norm)
+    if name == "mobilenet_v1":
+        net = mobilenet_v1.MobileNetV1(class_num=class_num, width_mult=width_mult, dropout=dropout, norm=norm)
+    else:
+        net = mobilenet_v3.MobileNetV3(name.rsplit("_", 1)[1], class_num=class_num, width_mult=width_mult,
+                                       dropout=dropout, norm=norm)
+    return FeatureMaps(net, out_indices) if features_only else net

@@ -1,8 +1,8 @@
-"""MobileNetV1 (Howard et al. 2017): a stem conv and 13 depthwise-separable blocks, as a table."""
+"""MobileNetV1 (Howard et al. 2017): a stem conv and 13 blocks of a depthwise and a pointwise conv, as a table."""
 import mindspore.nn as nn
 from mindspore.common.initializer import TruncatedNormal, XavierUniform, initializer
 
-from src.models.layers import GlobalAvgPool, conv_bn_act, depthwise_then_pointwise, make_dropout, separable_op
+from src.models.layers import GlobalAvgPool, conv_bn_act, feature_info, make_dropout
 
 STEM_CHANNELS = 32
 # (output channels of the pointwise conv, stride of the depthwise conv), one row per block
@@ -19,21 +19,22 @@ def _channels(c: int, width_mult: float) -> int:
 
 
 class MobileNetV1(nn.Cell):
-    """MobileNetV1; every layer is conv -> BN -> ReLU6, then global average pool and a dense head.  In inference
-    on CPU each block's depthwise and pointwise layers run as one C++ op (`separable_op`)."""
+    """MobileNetV1; every layer is conv -> BN -> ReLU6 (`features`: the stem, then each block's depthwise and
+    pointwise layers), then global average pool and a dense head."""
 
     def __init__(self, class_num: int = 1000, width_mult: float = 1.0, dropout: float = 0.0, norm=None):
         super().__init__()
         in_ch = _channels(STEM_CHANNELS, width_mult)
         layers = [conv_bn_act(3, in_ch, 3, 2, activation="relu6", norm=norm)]
+        shapes = [(in_ch, 2)]
         for out, stride in BLOCKS:
             out_ch = _channels(out, width_mult)
             layers.append(conv_bn_act(in_ch, in_ch, 3, stride, groups=in_ch, activation="relu6", norm=norm))
             layers.append(conv_bn_act(in_ch, out_ch, 1, activation="relu6", norm=norm))
+            shapes += [(in_ch, stride), (out_ch, 1)]
             in_ch = out_ch
         self.features = nn.SequentialCell(layers)
-        for i in range(1, len(layers), 2):
-            layers[i + 1].separable = separable_op(layers[i], layers[i + 1])
+        self.feature_info = feature_info(shapes)
         self.pool = GlobalAvgPool()
         self.dropout = make_dropout(dropout)
         self.classifier = nn.Dense(in_ch, class_num)
@@ -48,8 +49,16 @@ class MobileNetV1(nn.Cell):
                 cell.weight.set_data(initializer(init, cell.weight.shape, cell.weight.dtype))
                 cell.bias.set_data(initializer("zeros", cell.bias.shape, cell.bias.dtype))
 
+    def forward_features(self, x):
+        """The last feature map (N, C, H / 32, W / 32)."""
+        return self.features(x)
+
+    def forward_head(self, x, pre_logits: bool = False):
+        """Logits of a feature map; with `pre_logits` the pooled features the classifier takes."""
+        x = self.pool(x)
+        if pre_logits:
+            return x
+        return self.classifier(self.dropout(x))
+
     def construct(self, x):
-        x = self.features[0](x)
-        for i in range(1, len(self.features), 2):
-            x = depthwise_then_pointwise(self.features[i], self.features[i + 1], x)
-        return self.classifier(self.dropout(self.pool(x)))
+        return self.forward_head(self.forward_features(x))

@@ -7,9 +7,7 @@ ratio of the 1.0 table is kept at every width.
 import mindspore.nn as nn
 from mindspore.common.initializer import HeNormal, Normal, initializer
 
-from src.kernels.squeeze_excite import hsigmoid_gate_op
-from src.models.layers import (ACTIVATIONS, Float32Kernels, GlobalAvgPool, conv_bn_act, depthwise_then_pointwise,
-                               make_divisible, make_dropout, separable_op)
+from src.models.layers import ACTIVATIONS, GlobalAvgPool, conv_bn_act, feature_info, make_divisible, make_dropout
 
 STEM_CHANNELS = 16
 # kernel, expansion channels, output channels, squeeze-excite, activation, stride (width 1.0)
@@ -48,10 +46,8 @@ ARCHS = {"small": (SMALL_BLOCKS, 576, 1024), "large": (LARGE_BLOCKS, 960, 1280)}
 WIDTHS = (0.75, 1.0)
 
 
-class SqueezeExcite(Float32Kernels, nn.Cell):
-    """Global pool -> 1x1 conv (bias) -> ReLU -> 1x1 conv (bias) -> hard-sigmoid, scaling the input; the gate and
-    the scaling are one C++ op on CPU (`hsigmoid_gate_op`) unless `portable` is set (see `use_portable_ops`,
-    `Float32Kernels`)."""
+class SqueezeExcite(nn.Cell):
+    """Global pool -> 1x1 conv (bias) -> ReLU -> 1x1 conv (bias) -> hard-sigmoid, scaling the input."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -61,18 +57,14 @@ class SqueezeExcite(Float32Kernels, nn.Cell):
         self.expand = nn.Conv2d(squeeze, channels, 1, has_bias=True)
         self.gate = ACTIVATIONS["hsigmoid"]()
         self.pool = GlobalAvgPool(keep_dims=True)
-        self.portable = False
-        self.gate_and_scale = hsigmoid_gate_op()
 
     def construct(self, x):
-        logits = self.expand(self.relu(self.reduce(self.pool(x))))
-        if self.portable or self.gate_and_scale is None:
-            return x * self.gate(logits)
-        return self.gate_and_scale(x, logits)
+        return x * self.gate(self.expand(self.relu(self.reduce(self.pool(x)))))
 
 
 class InvertedResidual(nn.Cell):
-    """Optional 1x1 expansion, depthwise conv, optional SE, linear 1x1 projection, residual when shapes match."""
+    """Optional 1x1 expansion, depthwise conv, optional SE, linear 1x1 projection (`block`), plus the input when
+    shapes match (`use_residual`)."""
 
     def __init__(self, in_ch, kernel, exp_ch, out_ch, use_se, activation, stride, norm=None):
         super().__init__()
@@ -85,23 +77,17 @@ class InvertedResidual(nn.Cell):
         layers.append(conv_bn_act(exp_ch, out_ch, 1, activation=None, norm=norm))
         self.block = nn.SequentialCell(layers)
         self.use_residual = stride == 1 and in_ch == out_ch
-        if not use_se:  # the depthwise and projection layers as one C++ op in inference on CPU
-            layers[-1].separable = separable_op(layers[-2], layers[-1], self.use_residual)
 
     def construct(self, x):
-        if self.block[-1].separable is not None:
-            hidden = self.block[0](x) if len(self.block) == 3 else x
-            return depthwise_then_pointwise(self.block[-2], self.block[-1], hidden, x if self.use_residual else None)
-        if not self.use_residual:
-            return self.block(x)
-        out = x
-        for cell in self.block.cell_list[:-1]:
-            out = cell(out)
-        return self.block.cell_list[-1](out, x)  # the projection adds the shortcut
+        if self.use_residual:
+            return self.block(x) + x
+        return self.block(x)
 
 
 class MobileNetV3(nn.Cell):
-    """MobileNetV3 `arch` ("small" | "large") at `width_mult`; the 1024/1280 head is not scaled."""
+    """MobileNetV3 `arch` ("small" | "large") at `width_mult`: `features` (the stem, the inverted residual blocks and
+    the last 1x1 conv), global pool, a 1x1 layer with bias to the head width (1024/1280, not scaled) + h-swish,
+    dropout, classifier."""
 
     def __init__(self, arch: str = "small", class_num: int = 1000, width_mult: float = 1.0, dropout: float = 0.2,
                  norm=None):
@@ -110,14 +96,18 @@ class MobileNetV3(nn.Cell):
         in_ch = make_divisible(STEM_CHANNELS * width_mult)
         in_ref = STEM_CHANNELS
         layers = [conv_bn_act(3, in_ch, 3, 2, activation="hswish", norm=norm)]
+        shapes = [(in_ch, 2)]
         for kernel, exp, out, use_se, activation, stride in blocks:
             exp_ch = make_divisible(in_ch * exp / in_ref)
             out_ch = make_divisible(out * width_mult)
             layers.append(InvertedResidual(in_ch, kernel, exp_ch, out_ch, use_se, activation, stride, norm))
+            shapes.append((out_ch, stride))
             in_ch, in_ref = out_ch, out
         last_ch = make_divisible(last_conv * width_mult)
         layers.append(conv_bn_act(in_ch, last_ch, 1, activation="hswish", norm=norm))
+        shapes.append((last_ch, 1))
         self.features = nn.SequentialCell(layers)
+        self.feature_info = feature_info(shapes)
         self.pool = GlobalAvgPool()
         self.head = nn.SequentialCell([nn.Dense(last_ch, head), ACTIVATIONS["hswish"]()])
         self.dropout = make_dropout(dropout)
@@ -134,6 +124,16 @@ class MobileNetV3(nn.Cell):
             if isinstance(cell, (nn.Conv2d, nn.Dense)) and cell.bias is not None:
                 cell.bias.set_data(initializer("zeros", cell.bias.shape, cell.bias.dtype))
 
-    def construct(self, x):
-        x = self.head(self.pool(self.features(x)))
+    def forward_features(self, x):
+        """The last feature map (N, C, H / 32, W / 32), after the last 1x1 conv."""
+        return self.features(x)
+
+    def forward_head(self, x, pre_logits: bool = False):
+        """Logits of a feature map; with `pre_logits` the head's features the classifier takes (before dropout)."""
+        x = self.head(self.pool(x))
+        if pre_logits:
+            return x
         return self.classifier(self.dropout(x))
+
+    def construct(self, x):
+        return self.forward_head(self.forward_features(x))

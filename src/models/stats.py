@@ -12,9 +12,8 @@ def count_params(net: nn.Cell) -> int:
 def count_macs(net: nn.Cell, height: int = 224, width: int = None) -> int:
     """Multiply-adds of the conv and dense layers for one image of `height` x `width` (default square).
 
-    Runs one forward pass in PyNative mode with forward hooks, in the portable form (every layer called as
-    written, no folded BatchNorm; mode and forms are restored); activations, BN, pooling and elementwise
-    products are not counted.
+    Runs one forward pass in PyNative mode with forward hooks (mode and training flag are restored); activations,
+    BN, pooling and elementwise products are not counted.
     """
     width = width or height
     macs = []
@@ -30,10 +29,7 @@ def count_macs(net: nn.Cell, height: int = 224, width: int = None) -> int:
     was_training = net.training
     ms.set_context(mode=ms.PYNATIVE_MODE)
     handles = []
-    forms = {cell: cell.portable for _, cell in net.cells_and_names() if hasattr(cell, "portable")}
     try:
-        for cell in forms:
-            cell.portable = True
         for _, cell in net.cells_and_names():
             if isinstance(cell, nn.Conv2d):
                 handles.append(cell.register_forward_hook(conv_hook))
@@ -44,8 +40,6 @@ def count_macs(net: nn.Cell, height: int = 224, width: int = None) -> int:
     finally:
         for handle in handles:
             handle.remove()
-        for cell, portable in forms.items():
-            cell.portable = portable
         net.set_train(was_training)
         ms.set_context(mode=previous_mode)
     return sum(macs)
