@@ -8,8 +8,10 @@ CutMix; decode + augment, no model).  Every timing is the median of `--repeats` 
 model runs in a fresh process so that its memory peak and compile time are its own.  `--compare torch` measures the
 same architectures in PyTorch eager (torchvision's MobileNetV3; V1 from the same table) with the same threads, batch and
 resolution, both in NCHW and in channels-last memory format, and prints our ratio to the faster; `--compare
-onnxruntime` runs our own ONNX export in onnxruntime (threads matched) for inference.  With `--rounds N` the engines
-take turns N times and every figure is the median of its rounds (the machine is shared and noisy).
+onnxruntime` runs our own ONNX export in onnxruntime (threads matched) for inference.  `--baseline DIR` measures the
+same models with another checkout of this repository (e.g. `git worktree add DIR <commit>`), for a before/after
+comparison of a change in one command.  With `--rounds N` the engines take turns N times and every figure is the
+median of its rounds (the machine is shared and noisy).
 """
 import argparse
 import csv
@@ -35,7 +37,8 @@ MODEL_FIELDS = ("model", "width_mult", "batch_size", "image_size", "threads", "p
                 "train_ms_per_step", "train_img_s", "train_gmac_s", "train_data_img_s", "infer_img_s",
                 "infer_gmac_s", "peak_rss_mb")
 PEER_FIELDS = ("torch_train_img_s", "torch_infer_img_s", "torch_cl_train_img_s", "torch_cl_infer_img_s", "train_ratio",
-               "infer_ratio", "ort_infer_img_s", "ort_ratio")
+               "infer_ratio", "ort_infer_img_s", "ort_ratio", "base_train_img_s", "base_infer_img_s",
+               "base_train_ratio", "base_infer_ratio")
 
 
 def median_rate(run_steps, steps: int, repeats: int, batch: int) -> float:
@@ -59,15 +62,16 @@ def measure_model(args, name: str, width: float, data_root: str) -> dict:
     """All model figures, measured in this process (called in a fresh worker process)."""
     import mindspore as ms  # pylint: disable=import-outside-toplevel
     import mindspore.nn as nn  # pylint: disable=import-outside-toplevel
+    from src.checkpoint import build_network  # pylint: disable=import-outside-toplevel
     from src.dataset import create_dataset  # pylint: disable=import-outside-toplevel
     from src.loss import CrossEntropySmooth, LossRecorder  # pylint: disable=import-outside-toplevel
     from src.model_utils.config import get_config  # pylint: disable=import-outside-toplevel
     from src.model_utils.device import setup_device  # pylint: disable=import-outside-toplevel
-    from src.models import count_macs, count_params, create_model  # pylint: disable=import-outside-toplevel
+    from src.models import MODELS, count_macs, count_params, create_model  # pylint: disable=import-outside-toplevel
     from src.optimizer import create_optimizer  # pylint: disable=import-outside-toplevel
 
     config = get_config([], overrides={
-        "model": name, "width_mult": width, "image_size": args.image_size,
+        "model": name, "width_mult": width, "image_size": args.image_size, "dropout": MODELS[name][1],
         "batch_size": args.batch_size, "runtime_num_threads": args.threads, "dataset": "imagenet2012",
         "dataset_path": os.path.join(data_root, "imagefolder"), "class_num": 10, "seed": 1})
     setup_device(config)
@@ -75,7 +79,7 @@ def measure_model(args, name: str, width: float, data_root: str) -> dict:
     row = {"model": name, "width_mult": width, "batch_size": args.batch_size, "image_size": args.image_size,
            "threads": args.threads or os.cpu_count(), "params": count_params(reference),
            "macs_m": round(count_macs(reference, args.image_size) / 1e6, 2)}
-    net = create_model(name, class_num=10, width_mult=width)
+    net = build_network(config)[0]  # as train.py and eval.py build it: on CPU lowered for the C++ kernels
     train_step = nn.TrainOneStepCell(nn.WithLossCell(net, LossRecorder(CrossEntropySmooth(10))),  # as train.py
                                      create_optimizer(net, 0.01, "momentum", 0.9, 1e-4))
     train_step.set_train(True)
@@ -211,8 +215,8 @@ def _worker(args) -> None:
     print(json.dumps(result))
 
 
-def _run_json(cmd: list, what: str, env: dict = None) -> dict:
-    proc = subprocess.run(cmd, cwd=ROOT_DIR, capture_output=True, text=True, check=False, env=env)
+def _run_json(cmd: list, what: str, env: dict = None, cwd: str = ROOT_DIR) -> dict:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:
         raise UserError(f"benchmark of {what} failed (exit {proc.returncode}): "
                         f"{(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
@@ -254,6 +258,10 @@ def compare_row(runs: dict) -> dict:
     if "ort" in runs:
         row["ort_infer_img_s"] = _median(runs["ort"], "infer_img_s")
         row["ort_ratio"] = round(row["infer_img_s"] / row["ort_infer_img_s"], 2)
+    if "base" in runs:
+        for kind in ("train", "infer"):
+            row[f"base_{kind}_img_s"] = _median(runs["base"], f"{kind}_img_s")
+            row[f"base_{kind}_ratio"] = round(row[f"{kind}_img_s"] / row[f"base_{kind}_img_s"], 2)
     return row
 
 
@@ -280,6 +288,8 @@ def parse_args(argv=None):
                                                       "channels-last), onnxruntime (our ONNX export, inference)")
     parser.add_argument("--rounds", type=int, default=1, help="rounds alternating ours and the peers; each "
                                                               "figure is the median of its rounds")
+    parser.add_argument("--baseline", default="", help="another checkout of this repository to measure too (ours / "
+                                                       "its ratios: base_train_ratio, base_infer_ratio)")
     parser.add_argument("--torch_python", default="", help="python with torch + torchvision (or $TORCH_PYTHON)")
     parser.add_argument("--output", default="benchmark.json", help="JSON file; a .csv beside it too")
     parser.add_argument("--data_root", default="", help=argparse.SUPPRESS)
@@ -294,6 +304,8 @@ def parse_args(argv=None):
             raise UserError(f"--{key} must be >= 1; got {getattr(args, key)}")
     if args.image_size < 32:
         raise UserError(f"--image_size must be >= 32; got {args.image_size}")
+    if args.baseline and not os.path.isfile(os.path.join(args.baseline, "src", "benchmark.py")):
+        raise UserError(f"--baseline {args.baseline}: expected a checkout of this repository (no src/benchmark.py)")
     return args
 
 
@@ -323,6 +335,9 @@ def main(argv=None):
                 torch_cmd + ["--model", name, "--width_mult", width], f"torch {name}", env=peer_env)
             engines["torch_cl"] = lambda name, width: _run_json(
                 torch_cmd + ["--model", name, "--width_mult", width, "--channels_last"], f"torch {name}", env=peer_env)
+        if args.baseline:
+            engines["base"] = lambda name, width: _run_json(me + ["--worker", f"{name}:{width}"],
+                                                            f"the baseline's {name} x{width}", cwd=args.baseline)
         if "onnxruntime" in args.compare:
             engines["ort"] = lambda name, width: _run_json(me + ["--worker", f"onnxruntime:{name}:{width}"],
                                                            f"onnxruntime {name}")
