@@ -58,12 +58,12 @@ def fit_to_network(net, params: dict, path: str, what: str = "checkpoint", allow
 def build_network(config, checkpoint: str = "", what: str = "checkpoint", fine_tune: bool = False,
                   for_export: bool = False):
     """The network `config` describes, with the weights (and BN statistics) of `checkpoint` when given, checked by
-    `fit_to_network`; on CPU lowered for the C++ kernels (`lower_for_cpu`; CPU trains in float32, see
-    `src.training.precision_settings`), unless `for_export` (the exported file holds MindSpore's standard operators).  The checkpoint's model card (see src/model_card.py) settles the model, width and BatchNorm
-    epsilon and, unless fine-tuning (where a new head may replace its classifier), the class count, class names
-    and evaluation transform: `config` is updated, except for keys given on the command line.  A checkpoint with an
-    EMA of the weights (`ema.<name>`) gives its averages unless `config.use_ema` is false.  Returns (network,
-    card)."""
+    `fit_to_network`; on CPU lowered for the C++ kernels (`lower_for_cpu`: CPU trains in float32, see
+    `src.training.precision_settings`) unless `for_export` (an exported file holds MindSpore's standard operators).
+    The checkpoint's model card (see src/model_card.py) settles the model, width and BatchNorm epsilon and, unless
+    fine-tuning (where a new head may replace its classifier), the class count, class names and evaluation
+    transform: `config` is updated, except for keys given on the command line.  A checkpoint with an EMA of the
+    weights (`ema.<name>`) gives its averages unless `config.use_ema` is false.  Returns (network, card)."""
     params, card = {}, {}
     if checkpoint:
         params = read_checkpoint(checkpoint, what)

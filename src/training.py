@@ -81,8 +81,9 @@ def mixed_precision_o1(net: nn.Cell) -> nn.Cell:
     everything else in float32.
 
     MindSpore's own O1 (`_auto_mixed_precision_rewrite` in mindspore/train/amp.py) rewrites the Python source of
-    every `construct` into new classes; on these networks it fails while building them (TypeError / NameError in the
-    generated subclasses of our convolution cells) and leaves a `rewritten_network/` folder behind.  Here
+    every `construct` into new classes; on these networks it fails while building them (IndexError where the
+    generated code assigns into nested SequentialCells, `_get_prefix_and_index` in nn/layer/container.py) and leaves
+    a `rewritten_network/` folder behind.  Here
     `Cell.to_float` marks the cells instead: every cell casts its inputs to float32, convolution and dense cells
     theirs (and their weights) to float16."""
     net.to_float(ms.float32)
