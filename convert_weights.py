@@ -47,7 +47,8 @@ def main():
     net, (model, width, classes), notes = convert(tensors, source, args.input, args.model, args.width_mult,
                                                   args.class_num)
     transform = evaluation_transform(source, model, vars(args))
-    card = {"model": model, "width_mult": width, "class_num": classes, "bn_eps": source.bn_eps, "image_size": 224,
+    card = {"model": model, "width_mult": width, "class_num": classes, "bn_eps": source.bn_eps,
+            "dataset": "imagenet2012", "image_size": 224,
             **transform, "class_names": imagenet_class_names() if classes == 1000 else None,
             "source": f"{source.name}: {os.path.basename(args.input)}"}
     folder = os.path.dirname(os.path.abspath(args.output))

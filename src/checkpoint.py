@@ -55,6 +55,23 @@ def fit_to_network(net, params: dict, path: str, what: str = "checkpoint", allow
     return {name: params[name] for name in expected if name not in head}
 
 
+def checkpoint_in(path: str, what: str = "checkpoint") -> str:
+    """`path`, or for a folder (a run's output folder, or its ckpt_0) the checkpoint in it to use: its best one
+    (`*_best.ckpt`), else its newest; says which."""
+    if not os.path.isdir(path):
+        return path
+    for folder in (path, os.path.join(path, "ckpt_0")):
+        files = sorted((f for f in glob.glob(os.path.join(glob.escape(folder), "*.ckpt")) if not f.endswith(PARTIAL)),
+                       key=os.path.getmtime, reverse=True)
+        best = [f for f in files if f.endswith("_best.ckpt")]
+        if files:
+            chosen = (best or files)[0]
+            log(f"{what} {path} is a folder: using its {'best' if best else 'newest'} checkpoint {chosen}")
+            return chosen
+    raise UserError(f"{what} {path} is a folder without checkpoints (*.ckpt, also none in its ckpt_0); expected a "
+                    f"checkpoint file or a training output folder")
+
+
 def build_network(config, checkpoint: str = "", what: str = "checkpoint", fine_tune: bool = False,
                   for_export: bool = False):
     """The network `config` describes, with the weights (and BN statistics) of `checkpoint` when given, checked by
@@ -66,6 +83,7 @@ def build_network(config, checkpoint: str = "", what: str = "checkpoint", fine_t
     weights (`ema.<name>`) gives its averages unless `config.use_ema` is false.  Returns (network, card)."""
     params, card = {}, {}
     if checkpoint:
+        checkpoint = checkpoint_in(checkpoint, what)
         params = read_checkpoint(checkpoint, what)
         card = read_card(params, checkpoint)
         apply_card(config, card, checkpoint, ARCHITECTURE_KEYS if fine_tune else ARCHITECTURE_KEYS + EVALUATION_KEYS)
@@ -102,7 +120,9 @@ def restore_training(path: str, net, optimizer, total_steps: int) -> tuple:
     saved_steps = params["learning_rate"].size
     if saved_steps != total_steps:
         raise UserError(f"resume checkpoint {path} belongs to a run of {saved_steps} steps, this run has "
-                        f"{total_steps}: resume with the same epoch_size, batch_size, data set and device count")
+                        f"{total_steps}: resume with the same epoch_size, batch_size, data set and device count; to "
+                        f"train on from it with other settings, start a new run from its weights: --pre_trained "
+                        f"{path} (a new learning-rate schedule and optimizer state) and another save_checkpoint_path")
     ms.load_param_into_net(net, weights)
     ms.load_param_into_net(optimizer, params)
     restore_own_statistics(net, params)

@@ -196,8 +196,10 @@ def _cifar10_files(key, path, do_train):
             return [os.path.join(folder, CIFAR_TEST_FILE)]
     wanted = "data_batch_1.bin .. data_batch_5.bin" if do_train else \
         "test_batch.bin (the official split keeps it in cifar-10-verify-bin; set eval_dataset_path to that folder)"
+    images = [name for name in _subfolders(path) if name not in CIFAR_FOLDERS]
+    hint = "; it holds folders of images: for those use --dataset imagenet2012" if images else ""
     raise DatasetError(f"{key} '{path}' holds no CIFAR-10 binary {'training' if do_train else 'test'} files; "
-                       f"expected a folder (or its cifar-10-batches-bin sub-folder) with {wanted}")
+                       f"expected a folder (or its cifar-10-batches-bin sub-folder) with {wanted}{hint}")
 
 
 def _read_cifar10_file(filename, class_num):
@@ -319,21 +321,29 @@ def _image_folder_source(config, key, path, do_train, rank_id, rank_size, worker
     """The split's class folders, images decoded here if `decode` (evaluation on the host; training decodes only its
     random crop, see `_imagenet_transforms`); labels 0..N-1 by name."""
     folder = _imagenet_split_folder(key, path, do_train)
-    classes, image_count = _image_classes(folder, config.class_num)
+    classes, image_count = _image_classes(folder, config, do_train)
     return ds.ImageFolderDataset(
         folder, decode=decode, extensions=list(IMAGE_EXTENSIONS), num_parallel_workers=workers,
         class_indexing={name: index for index, name in enumerate(classes)},
         sampler=_sampler(image_count, do_train, rank_id, rank_size, folder, config.batch_size))
 
 
-def _image_classes(folder, class_num):
+def _image_classes(folder, config, do_train):
     """(sorted class folder names, image count), checked against class_num and for empty classes."""
-    classes = _subfolders(folder)
+    classes, class_num = _subfolders(folder), config.class_num
     if not classes:
-        raise DatasetError(f"{folder}: no class sub-folders; expected one sub-folder of images per class")
+        cifar = any(CIFAR_TRAIN_FILE.fullmatch(name) or name == CIFAR_TEST_FILE for name in os.listdir(folder))
+        raise DatasetError(f"{folder}: no class sub-folders; expected one sub-folder of images per class"
+                           + ("; it holds CIFAR-10 binary files: for those use --dataset cifar10" if cifar else ""))
     if len(classes) != class_num:
-        raise DatasetError(f"{folder}: {len(classes)} class folders but class_num is {class_num}; "
-                           f"expected one sub-folder per class")
+        found = len(classes)
+        if do_train:
+            fix = f"set --class_num {found} (one output per class folder)"
+        else:
+            fix = (f"the network has {class_num} outputs: evaluate it on data of its {class_num} classes, or fine-tune "
+                   f"it on these {found} with train.py --pre_trained {config.checkpoint_path or 'CHECKPOINT'} "
+                   f"--class_num {found}")
+        raise DatasetError(f"{folder}: {found} class folders but class_num is {class_num}; {fix}")
     image_count = 0
     for name in classes:
         class_folder = os.path.join(folder, name)

@@ -1,7 +1,7 @@
 """The model card: what a checkpoint holds, saved inside it as one entry (JSON text as a uint8 tensor, so that every
 reader of checkpoint entries sees tensors only), so that a checkpoint alone
-says which network to build (model, width, BatchNorm epsilon), how its images were evaluated (size, resize,
-interpolation) and the names of its classes.  Training writes it into every checkpoint; `convert_weights.py` writes
+says which network to build (model, width, BatchNorm epsilon), how its images were evaluated (the data set's
+transform, size, resize, interpolation, mean and std) and the names of its classes.  Training writes it into every checkpoint; `convert_weights.py` writes
 the source's settings; `eval.py`, `predict.py`, `export.py` and `train.py --pre_trained` take them from it."""
 import json
 import os
@@ -11,13 +11,14 @@ import numpy as np
 from mindspore import Tensor
 
 from src.errors import UserError
-from src.model_utils.cli import log
+from src.model_utils.cli import log, warn
 
 CARD_ENTRY = "model_card"
 # what the network computes: a checkpoint's weights only reproduce their results with these
 ARCHITECTURE_KEYS = ("model", "width_mult", "bn_eps")
-# how its images are prepared and what its outputs mean
-EVALUATION_KEYS = ("class_num", "image_size", "eval_resize", "interpolation", "image_mean", "image_std")
+# how its images are prepared (`dataset`: which evaluation transform, CIFAR-10's or ImageNet's, with the keys after
+# it) and what its outputs mean
+EVALUATION_KEYS = ("dataset", "class_num", "image_size", "eval_resize", "interpolation", "image_mean", "image_std")
 IMAGENET_CLASSES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "imagenet_classes.txt")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -53,7 +54,10 @@ def read_card(params: dict, path: str) -> dict:
 def apply_card(config, card: dict, path: str, keys: Sequence[str]) -> None:
     """Take the values of `keys` from `card` where they differ from the config, except for keys given on the command
     line (the user's word wins: a model that does not fit then fails to load, naming the parameter); says what it
-    took."""
+    took.  A card written before cards recorded the data set leaves the config's, with a warning."""
+    if card and "dataset" in keys and "dataset" not in card and "dataset" not in config.cli_keys:
+        warn(f"{path}: its model card does not say how its images were prepared (no 'dataset', an older card): using "
+             f"the config's, dataset {config.dataset}; pass --dataset cifar10 or imagenet2012 as it was trained")
     taken = []
     for key in keys:
         if key in card and key not in config.cli_keys and getattr(config, key) != card[key]:

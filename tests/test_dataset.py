@@ -267,13 +267,30 @@ def two_class_folder(demo_data, tmp_path, spoil=None):
 
 @pytest.mark.parametrize("spoil,class_num,expected", [
     ("empty_class", 3, "no images"),
-    ("loose_images", 2, "no class sub-folders"),
-    ("class_count", 10, "2 class folders but class_num is 10"),
+    ("loose_images", 2, "no class sub-folders; expected one sub-folder of images per class$"),
+    ("class_count", 10, "2 class folders but class_num is 10; the network has 10 outputs: evaluate it on data of its "
+                        "10 classes, or fine-tune it on these 2 with train.py --pre_trained CHECKPOINT --class_num 2$"),
 ])
 def test_bad_image_folder_is_a_user_error(demo_data, tmp_path, spoil, class_num, expected):
     root, named = two_class_folder(demo_data, tmp_path, spoil)
     with pytest.raises(UserError, match=f"{named}.*{expected}"):
         create_dataset(make_config(root, "imagenet2012", class_num=class_num), do_train=False)
+
+
+def test_wrong_class_count_for_training_says_which_to_set(demo_data, tmp_path):
+    root, _ = two_class_folder(demo_data, tmp_path, "class_count")
+    with pytest.raises(UserError, match="2 class folders but class_num is 5; set --class_num 2 \\(one output per "
+                                        "class folder\\)$"):
+        create_dataset(make_config(root, "imagenet2012", class_num=5), do_train=True)
+
+
+def test_data_of_the_other_format_names_the_dataset_key(demo_data):
+    with pytest.raises(UserError, match="holds no CIFAR-10 binary training files; .*; it holds folders of images: for "
+                                        "those use --dataset imagenet2012$"):
+        create_dataset(make_config(demo_data["imagefolder"]), do_train=True)
+    with pytest.raises(UserError, match="no class sub-folders; .*; it holds CIFAR-10 binary files: for those use "
+                                        "--dataset cifar10$"):
+        create_dataset(make_config(demo_data["cifar10"], "imagenet2012"), do_train=True)
 
 
 def test_imagenet_root_without_the_split_is_a_user_error(demo_data, tmp_path):

@@ -45,3 +45,20 @@ def test_unavailable_target_prints_nothing_else():
     assert proc.returncode != 0
     assert "device_target Ascend is not available" in proc.stderr
     assert "libge_runner" not in proc.stderr  # MindSpore's plugin-loading warnings are kept out
+
+
+@pytest.mark.skipif(target_available("GPU"), reason="this machine has a GPU")
+def test_target_of_a_config_file_falls_back_to_cpu_with_a_warning():
+    """mobilenetv3_config.yaml asks for GPU: on a machine without one the run goes on on CPU and says so (the saved
+    config then says CPU); asked for on the command line, the missing GPU stays an error (above)."""
+    proc = run_python(
+        "import mindspore as ms\n"
+        "from src.model_utils.config import get_config\n"
+        "from src.model_utils.device import setup_device\n"
+        "config = get_config([], config_path='mobilenetv3_config.yaml')\n"
+        "setup_device(config)\n"
+        "print(config.device_target, ms.get_current_device().device_target)\n")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["CPU", "CPU"]
+    assert ("WARNING: device_target GPU (mobilenetv3_config.yaml) is not available on this machine (no GPU device or "
+            "driver found): running on CPU") in proc.stderr

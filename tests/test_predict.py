@@ -2,20 +2,22 @@
 import csv
 import io
 import json
+import os
 
 import mindspore as ms
+import mindspore.nn as nn
 import numpy as np
 import pytest
 from mindspore.dataset import vision
 from PIL import Image
 
 from src.callbacks import TerminalProgress
-from src.checkpoint import build_network, save_checkpoint
+from src.checkpoint import build_network, checkpoint_in, restore_training, save_checkpoint
 from src.dataset import dataset_class_names, eval_transforms
 from src.demo_data import cifar10_records
 from src.errors import UserError
 from src.model_card import card_entries, class_names, make_card
-from src.model_utils.config import get_config
+from src.model_utils.config import ROOT_DIR, get_config
 from src.models import create_model
 from src.predict import find_images, image_batches, top_classes, write_results
 from tests.test_reliability import assert_user_error, run_script
@@ -175,3 +177,90 @@ def test_a_checkpoint_with_an_ema_gives_its_averages_unless_use_ema_is_false(tmp
     assert f"checkpoint {path}: using its EMA weights (--use_ema False for the trained ones)" in capsys.readouterr().out
     built, _ = build_network(config_for("--width_mult", "0.25", "--use_ema", "False"), path)
     assert np.array_equal(named(built)[stem].asnumpy(), named(net)[stem].asnumpy())
+
+
+SHIPPED_CONFIGS = ("default_config.yaml", "default_config_imagenet.yaml", "default_config_gpu_imagenet.yaml",
+                   "mobilenetv3_config.yaml")
+
+
+@pytest.mark.slow
+def test_an_exported_model_prepares_images_by_its_card_whatever_the_config(tmp_path):
+    """A 224-px model of an ImageNet-style data set, exported with its card: predict.py gives the same probabilities
+    with every shipped config as written (the CIFAR-10 one would squash photos to 32x32 first; the GPU ones run on
+    CPU here), namely those of the card's transform computed here from MindSpore's operations."""
+    import onnxruntime  # pylint: disable=import-outside-toplevel
+    from mindspore.onnx import export as export_onnx  # pylint: disable=import-outside-toplevel
+    config = get_config([], config_path="default_config_imagenet.yaml",
+                        overrides={"class_num": 10, "width_mult": 0.25, "eval_resize": 240, "interpolation": "bicubic",
+                                   "image_mean": [0.5, 0.4, 0.3], "image_std": [0.2, 0.25, 0.3]})
+    ms.set_seed(0)
+    net = create_model("mobilenet_v1", 10, 0.25)
+    net.set_train(False)
+    model = str(tmp_path / "model")
+    export_onnx(net, ms.Tensor(np.zeros((1, 3, 224, 224), np.float32)), file_name=model, input_names=["image"],
+                output_names=["logits"])
+    with open(model + ".json", "w", encoding="utf-8") as out:
+        json.dump({**make_card(config, list("abcdefghij")), "input_shape": [1, 3, 224, 224]}, out)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(3)
+    for name, (height, width) in (("wide.png", (240, 400)), ("tall.png", (500, 330))):
+        pattern = np.kron(rng.integers(0, 256, (height // 10, width // 10, 3)), np.ones((10, 10, 1)))
+        Image.fromarray(pattern.astype(np.uint8)).save(photos / name)
+    session = onnxruntime.InferenceSession(model + ".onnx", providers=["CPUExecutionProvider"])
+    expected = {}
+    for name in ("tall.png", "wide.png"):
+        image = np.array(Image.open(photos / name).convert("RGB"))
+        for operation in eval_transforms(config):
+            image = operation(image)
+        logits = session.run(None, {"image": image[None].astype(np.float32)})[0]
+        expected[str(photos / name)] = [(c, p) for c, _, p in top_classes(logits, list("abcdefghij"), 10)[0]]
+    for config_file in SHIPPED_CONFIGS:
+        result = tmp_path / f"{config_file}.csv"
+        proc = run_script("predict.py", "--config_path", config_file, "--model_file", model + ".onnx", "--image",
+                          photos, "--top_k", 10, "--result_file", result)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        with open(result, newline="", encoding="utf-8") as src:
+            rows = list(csv.DictReader(src))
+        got = {}
+        for row in rows:
+            got.setdefault(row["image"], []).append((int(row["class"]), float(row["probability"])))
+        assert sorted(got) == sorted(expected), config_file
+        for image, top in got.items():
+            assert [c for c, _ in top] == [c for c, _ in expected[image]], (config_file, image)
+            np.testing.assert_allclose([p for _, p in top], [p for _, p in expected[image]], atol=2e-6)
+
+
+def test_a_folder_as_checkpoint_takes_its_best_else_its_newest(tmp_path, capsys):
+    """eval/predict/export/--pre_trained given a run's output folder: its best checkpoint, else its newest, and say
+    which; a folder without checkpoints is a one-line error."""
+    folder = tmp_path / "run"
+    (folder / "ckpt_0").mkdir(parents=True)
+    net = create_model("mobilenet_v1", 10, 0.25)
+    for age, name in ((30, "mobilenet_v1-1_44.ckpt"), (10, "mobilenet_v1-3_44.ckpt"), (20, "mobilenet_v1-2_44.ckpt")):
+        path = folder / "ckpt_0" / name
+        save_checkpoint(net, str(path))
+        os.utime(path, (path.stat().st_mtime - age,) * 2)
+    assert checkpoint_in(str(folder), "checkpoint_path") == str(folder / "ckpt_0" / "mobilenet_v1-3_44.ckpt")
+    assert (f"checkpoint_path {folder} is a folder: using its newest checkpoint "
+            f"{folder / 'ckpt_0' / 'mobilenet_v1-3_44.ckpt'}") in capsys.readouterr().out
+    best = folder / "ckpt_0" / "mobilenet_v1_best.ckpt"
+    save_checkpoint(net, str(best))
+    os.utime(best, (best.stat().st_mtime - 100,) * 2)
+    assert checkpoint_in(str(folder / "ckpt_0"), "checkpoint_path") == str(best)
+    assert "using its best checkpoint" in capsys.readouterr().out
+    built, _ = build_network(config_for("--width_mult", "0.25"), str(folder))
+    assert built is not None
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="checkpoint_path .*empty is a folder without checkpoints"):
+        checkpoint_in(str(tmp_path / "empty"), "checkpoint_path")
+
+
+def test_resume_of_another_length_says_how_to_train_on(tmp_path):
+    path = os.path.join(ROOT_DIR, "tests", "fixtures", "run_f8e7126", "mobilenet_v1-1_44.ckpt")  # a run of 88 steps
+    net = create_model("mobilenet_v1", 10, 0.25)
+    optimizer = nn.Momentum(net.trainable_params(), 0.1, 0.9)
+    with pytest.raises(UserError, match=f"belongs to a run of 88 steps, this run has 176: resume with the same "
+                                        f"epoch_size, .*; to train on from it with other settings, start a new run "
+                                        f"from its weights: --pre_trained {path} "):
+        restore_training(path, net, optimizer, 176)

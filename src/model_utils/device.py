@@ -9,7 +9,7 @@ from mindspore import log as ms_log
 
 from src.distributed import stop_with_launcher
 from src.errors import UserError
-from src.model_utils.cli import log, set_log_rank
+from src.model_utils.cli import log, set_log_rank, warn
 
 MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
 COMM_BACKENDS = {"Ascend": "hccl", "GPU": "nccl", "CPU": "mccl"}
@@ -28,11 +28,16 @@ def target_available(device_target: str) -> bool:
 
 def setup_device(config) -> None:
     """Set mode, device, CPU threads and seeds from `config` (device_target, device_id, mode,
-    runtime_num_threads, seed).  An unusable target is a one-line `UserError`."""
+    runtime_num_threads, seed).  A target the config file asks for and this machine lacks falls back to CPU with a
+    warning (`config` says so from then on); one asked for on the command line is a one-line `UserError`."""
     target = config.device_target
     if not target_available(target):
-        raise UserError(f"device_target {target} is not available on this machine "
-                        f"(no {target} device or driver found); use --device_target CPU")
+        if "device_target" in config.cli_keys or target == "CPU":
+            raise UserError(f"device_target {target} is not available on this machine "
+                            f"(no {target} device or driver found); use --device_target CPU")
+        warn(f"device_target {target} ({config.source}) is not available on this machine (no {target} device or "
+             f"driver found): running on CPU")
+        config.device_target = target = "CPU"
     if config.mode not in MODES:
         raise UserError(f"mode must be one of {', '.join(MODES)}; got {config.mode!r}")
     ms.set_context(mode=MODES[config.mode])
