@@ -19,6 +19,7 @@ from src.model_utils.cli import log, run
 from src.model_utils.config import get_config
 from src.model_utils.device import setup_device, target_available
 from src.model_card import make_card
+from src.onnx_graph import OPSET, optimize_file
 from src.predict import exported_model
 
 EXTENSIONS = {"MINDIR": ".mindir", "AIR": ".air", "ONNX": ".onnx"}
@@ -51,6 +52,8 @@ def main():
     if config.file_format == "ONNX":
         export_onnx(net, ms.Tensor(inputs), file_name=config.file_name, input_names=["image"],
                     output_names=["logits"])
+        counts = optimize_file(config.file_name + ".onnx")
+        log(f"ONNX graph for ONNX Runtime (opset {OPSET}): " + ", ".join(f"{n} {what}" for what, n in counts.items()))
     else:
         ms.export(net, ms.Tensor(inputs), file_name=config.file_name, file_format=config.file_format)
     path = config.file_name + EXTENSIONS[config.file_format]

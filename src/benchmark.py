@@ -180,6 +180,7 @@ def measure_onnxruntime(args, name: str, width: float) -> dict:
     import onnxruntime  # pylint: disable=import-outside-toplevel
     from mindspore.onnx import export as export_onnx  # pylint: disable=import-outside-toplevel
     from src.models import create_model  # pylint: disable=import-outside-toplevel
+    from src.onnx_graph import optimize_file  # pylint: disable=import-outside-toplevel
 
     net = create_model(name, class_num=10, width_mult=width)  # what export.py exports
     net.set_train(False)
@@ -188,6 +189,7 @@ def measure_onnxruntime(args, name: str, width: float) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "net.onnx")
         export_onnx(net, ms.Tensor(images), file_name=path, input_names=["image"], output_names=["logits"])
+        optimize_file(path)  # as export.py writes it
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = args.threads or os.cpu_count()
         options.inter_op_num_threads = 1
