@@ -6,9 +6,6 @@ PATH is an image file or a folder (searched recursively).  Images are prepared w
 config, settled by the checkpoint's model card (or the NAME.json export.py writes beside the exported file); class
 names come from there too (ImageNet's for 1,000 classes where none are recorded).  Undecodable files are skipped with
 a warning."""
-import json
-import os
-
 import src  # noqa: F401  (first: sets OpenMP's wait policy before MindSpore loads OpenMP, see src/__init__.py)
 import mindspore as ms  # noqa: E402  pylint: disable=wrong-import-order
 
@@ -20,20 +17,7 @@ from src.model_card import EVALUATION_KEYS, apply_card, class_names
 from src.model_utils.cli import log, run
 from src.model_utils.config import get_config
 from src.model_utils.device import setup_device
-from src.predict import exported_model, find_images, image_batches, top_classes, write_results
-
-
-def exported_card(model_file: str) -> dict:
-    """The model card export.py wrote beside `model_file` ({} where there is none)."""
-    path = os.path.splitext(model_file)[0] + ".json"
-    if not os.path.isfile(path):
-        log(f"{path} not found: class names and image preparation from the config")
-        return {}
-    try:
-        with open(path, encoding="utf-8") as card_file:
-            return json.load(card_file)
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path}: cannot read the model card ({err})") from err
+from src.predict import exported_card, exported_model, find_images, image_batches, top_classes, write_results
 
 
 def main():

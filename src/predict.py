@@ -13,7 +13,7 @@ from mindspore.dataset import vision
 
 from src.dataset import IMAGE_EXTENSIONS, eval_transforms
 from src.errors import UserError
-from src.model_utils.cli import warn
+from src.model_utils.cli import log, warn
 
 CIFAR_SIZE = 32
 SUFFIXES = tuple(sorted({ext.lower() for ext in IMAGE_EXTENSIONS}))
@@ -57,6 +57,19 @@ def image_batches(config, files: list) -> ds.Dataset:
     return data.map(operations, input_columns="image", num_parallel_workers=workers).batch(config.batch_size)
 
 
+def exported_card(model_file: str) -> dict:
+    """The model card export.py wrote beside `model_file` ({} where there is none)."""
+    path = os.path.splitext(model_file)[0] + ".json"
+    if not os.path.isfile(path):
+        log(f"{path} not found: class names and image preparation from the config")
+        return {}
+    try:
+        with open(path, encoding="utf-8") as card_file:
+            return json.load(card_file)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: cannot read the model card ({err})") from err
+
+
 def exported_model(path: str, batch: int = 1):
     """A function from a float32 NCHW batch of any size to logits that runs the exported `path` (.mindir through
     MindSpore, .onnx through onnxruntime), exported for batches of `batch` images (a last partial one is padded)."""
@@ -75,8 +88,9 @@ def exported_model(path: str, batch: int = 1):
         except ImportError:
             raise UserError(f"model_file {path}: running ONNX needs onnxruntime (pip install onnxruntime)") from None
         session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        return lambda images: _in_batches(lambda chunk: session.run(None, {name: chunk})[0], images, batch)
+        image = session.get_inputs()[0]
+        batch = image.shape[0] if isinstance(image.shape[0], int) else batch  # the file's own where it says
+        return lambda images: _in_batches(lambda chunk: session.run(None, {image.name: chunk})[0], images, batch)
     raise UserError(f"model_file {path}: expected a .mindir or .onnx file")
 
 

@@ -155,6 +155,22 @@ def evaluate(model: Model, dataset, callbacks=None) -> tuple:
     return {"top_1_accuracy": top1 / count, "top_5_accuracy": top5 / count, "loss": loss / count}, confusion
 
 
+def evaluate_exported(run, dataset, class_num: int, progress=None) -> tuple:
+    """({top_1_accuracy, top_5_accuracy, loss}, confusion matrix) of an exported model, `run` (a float32 NCHW batch
+    -> logits, see `src.predict.exported_model`), on `dataset` (its "image" and "label" columns), counted as
+    `evaluate` counts (`EvalSums`; the loss is the per-image cross-entropy, computed here in float64)."""
+    sums = EvalSums(class_num)
+    for batch in dataset.create_dict_iterator(num_epochs=1, output_numpy=True):
+        logits, labels = run(batch["image"]).astype(np.float64), batch["label"]
+        top = logits.max(axis=1, keepdims=True)
+        losses = np.log(np.exp(logits - top).sum(axis=1)) + top[:, 0] - logits[np.arange(len(labels)), labels]
+        sums.update(losses, logits, labels)
+        if progress is not None:
+            progress.advance(len(labels))
+    (top1, top5, loss, count), confusion = sums.eval()
+    return {"top_1_accuracy": top1 / count, "top_5_accuracy": top5 / count, "loss": loss / count}, confusion
+
+
 @dataclass(frozen=True)
 class DataSink:
     """Data sink (GPU and Ascend; MindSpore's CPU has none): `enabled`, and `steps` per sink (1 without)."""

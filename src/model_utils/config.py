@@ -133,7 +133,7 @@ SCHEMA = {
                            "beside it)"),
     # prediction
     "image": _f("str", "", "predict.py: an image file, or a folder searched recursively"),
-    "model_file": _f("str", "", "predict.py: an exported .mindir or .onnx file instead of a checkpoint"),
+    "model_file": _f("str", "", "predict.py, eval.py: an exported .mindir or .onnx file instead of a checkpoint"),
     "top_k": _f("int", 5, "predict.py: classes shown per image", min=1),
     # export
     "ckpt_file": _f("str", "", "checkpoint to export"),
