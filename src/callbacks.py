@@ -116,6 +116,8 @@ class StopOnSignal(Callback):
         self.last_step_time = time.time()
 
     def on_train_step_end(self, run_context):
+        if self.signal_name:  # stopped already; MindSpore's PyNative sink runs on to the sink's end (model.py l.1183)
+            return
         signum = int(all_gather(np.array([self.received], np.int32)).max())
         self.last_step, self.last_step_time = self.progress.global_step(run_context.original_args()), time.time()
         if signum:
