@@ -92,7 +92,7 @@ def checkpoint_position(params: dict) -> tuple:
 
 def loss_scale_state(train_network) -> list:
     """The Parameters of a dynamic loss scale: `scale_sense` of MindSpore's `TrainOneStepWithLossScaleCell` and those
-    of its update cell (nn/wrap/loss_scale.py lines 398-401: the iteration counters of `DynamicLossScaleUpdateCell`,
+    of its update cell (nn/wrap/loss_scale.py lines 399-402: the iteration counters of `DynamicLossScaleUpdateCell`,
     lines 153-154, and our skipped-step count); none for another train network."""
     if not isinstance(train_network, nn.TrainOneStepWithLossScaleCell):
         return []

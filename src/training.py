@@ -174,7 +174,7 @@ def data_sink(config, steps_per_epoch: int, global_step: int = 0) -> DataSink:
     the epoch (and of `global_step`, where a resumed run starts) whose sink lasts at most `stop_seconds` at
     `step_seconds` per step (`stop_seconds` 0: the whole epoch).  An explicit `sink_size` must divide the epoch, so
     that epochs end at a sink's end (evaluation, checkpoints and the metrics row happen there).  In PyNative mode
-    MindSpore feeds a sink one step at a time (model.py line 1157, dataset_helper.py `_DatasetIterPyNative`), which
+    MindSpore feeds a sink one step at a time (model.py line 1164, dataset_helper.py `_DatasetIterPyNative`), which
     gains nothing: sink is off there, with a warning."""
     if not config.dataset_sink_mode or config.device_target == "CPU":
         return DataSink(False, 1)

@@ -206,7 +206,7 @@ def test_dynamic_loss_scale_stop_and_resume_continue_bit_for_bit(loss_scale_on_c
     """train.py with `loss_scale_type dynamic` on GPU, played on CPU by `loss_scale_on_cpu` (no sink), from an initial
     scale of 2**127 that the first steps overflow: MindSpore skips the optimizer on those steps (nn/wrap/loss_scale.py
     lines 433-434), so its `global_step` lags the batches trained.  A SIGTERM held at global step 13 (epoch 2 step
-    3) saves, beside the weights, the scale and its update cell's counters (lines 153-154, 398-401) and our skipped
+    3) saves, beside the weights, the scale and its update cell's counters (lines 153-154, 399-402) and our skipped
     count; `--resume auto` starts at batch 13 (not at the optimizer's step), logs the LR the optimizer applies, and
     ends bit for bit where an uninterrupted run ends (every checkpoint entry, scale and counters included)."""
     raw = open(os.path.join(demo_data["cifar10"], "data_batch_1.bin"), "rb").read()
@@ -269,7 +269,7 @@ def test_dynamic_loss_scale_stop_and_resume_continue_bit_for_bit(loss_scale_on_c
 
 class ReportedAs:
     """`mindspore.context` as one MindSpore module sees it, with another `device_target`: `Model._train` then takes
-    its sink branch (mindspore/train/model.py lines 1092-1099; on CPU it trains without sink), and
+    its sink branch (mindspore/train/model.py lines 1091-1098; on CPU it trains without sink), and
     `build_train_network` builds a dynamic loss scale's update cell (amp.py line 770 refuses it on CPU)."""
 
     def __init__(self, target):
@@ -429,10 +429,10 @@ def read_rows(path):
 def test_sink_mode_logs_and_metrics_count_every_step(mode, sink_train, clock, tmp_path, capsys):
     """8 steps per epoch, sinks of 4 steps, 2 epochs, evaluation (100 s) and checkpoints every epoch, 0.5 s per step,
     through MindSpore's loop (model.py lines 1104-1192: graph mode calls step end once per sink with `cur_step_num`
-    advanced by the sink size, line 1155; PyNative once per step, line 1157; epoch end once per sink): per-step
-    time, img/s and the metrics row come from the steps each call covered, the loss logged is the mean of the steps
-    the call covered (the sink's, not its last; in PyNative the step's own), the row's the epoch's mean, evaluation
-    time is not in the epoch time, and evaluation, checkpoints and rows happen at epoch ends only."""
+    advanced by the sink size, lines 1162 and 1173; PyNative once per step, line 1164; epoch end once per sink, line
+    1178): per-step time, img/s and the metrics row come from the steps each call covered, the loss logged is the mean
+    of the steps the call covered (the sink's, not its last; in PyNative the step's own), the row's the epoch's mean,
+    evaluation time is not in the epoch time, and evaluation, checkpoints and rows happen at epoch ends only."""
     lr = np.linspace(0.1, 0.0, 16, dtype=np.float32)
     model, recorder, _ = small_model(lr)
     progress = Progress(8)
@@ -516,8 +516,8 @@ def test_sink_mode_counts_skipped_steps_and_logs_the_lr_applied(mode, sink_train
 @pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], indirect=True)
 def test_sink_mode_stop_signal_saves_at_the_sink_end_and_resumes_there(mode, sink_train, clock, tmp_path):
     """SIGTERM after step 9, the first of the third sink (epoch 2), at 0.5 s per step: graph mode calls back only at
-    the sink's end (model.py line 1169), so the run stops and saves there, at epoch 2 step 4 (global step 12), 4
-    steps and 2 s after the end of the step before the signal.  PyNative calls back every step (line 1157) and so
+    the sink's end (model.py line 1173), so the run stops and saves there, at epoch 2 step 4 (global step 12), 4
+    steps and 2 s after the end of the step before the signal.  PyNative calls back every step (line 1164) and so
     saves at step 9, but checks the stop request only after the sink (line 1183): MindSpore trains on to step 12,
     which the checkpoint does not hold (why train.py turns sink off in PyNative).  `train_arguments` resumes the
     graph-mode checkpoint at sink 3 of 4."""
@@ -549,7 +549,7 @@ def test_default_sink_size_bounds_the_stop_latency(mode, sink_train, clock, tmp_
     """Preemption with data sink: `sink_size` -1 (the default) sizes the sinks for `stop_seconds` (here 2 s) at
     `step_seconds` (0.5 s): 12 steps per epoch -> sinks of 4 (12's largest divisor up to 2 / 0.5).  A SIGTERM mid-epoch
     (after step 13, the first of the fourth sink, the worst place: just after a callback) is honoured at that sink's
-    end, through MindSpore's graph-mode loop (model.py lines 1155-1169): epoch 2 step 4, 4 steps and 2 s after the
+    end, through MindSpore's graph-mode loop (model.py lines 1162-1183): epoch 2 step 4, 4 steps and 2 s after the
     end of the step before it, within the bound; the checkpoint resumes with the same sinks.  On a device 3x slower
     than `step_seconds` the second sink (the first compiles) took 6 s: a warning names the step time measured and
     the sinks it gives."""
@@ -593,8 +593,8 @@ def test_data_sink_settings(capsys):
     """`sink_size` -1: the largest divisor of the epoch whose sink runs within `stop_seconds` (10) at `step_seconds`
     (0.5 unless set): 5004 = 2^2 x 3^2 x 139 steps -> 18 (at most 20), at 0.12 s -> 36 (at most 83), `stop_seconds` 0 ->
     the epoch; resuming at global step 5040 -> a divisor of gcd(5004, 5040) = 36 as well.  An explicit size must
-    divide the epoch.  CPU and `dataset_sink_mode False` do not sink (model.py line 1092: MindSpore's CPU trains
-    without sink anyway), nor does PyNative, where MindSpore feeds a sink step by step (model.py line 1157,
+    divide the epoch.  CPU and `dataset_sink_mode False` do not sink (model.py line 1091: MindSpore's CPU trains
+    without sink anyway), nor does PyNative, where MindSpore feeds a sink step by step (model.py line 1164,
     dataset_helper.py `_DatasetIterPyNative` line 646): with a warning."""
     assert data_sink(config_for({"device_target": "GPU"}), 5004) == DataSink(True, 18)
     assert data_sink(config_for({"device_target": "Ascend", "step_seconds": 0.12}), 5004) == DataSink(True, 36)
