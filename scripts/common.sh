@@ -159,7 +159,7 @@ launch() {  # launch LOG COMMAND...: run COMMAND (a program or a function) with 
     wait "$job" || status=$?
     kill -0 "$job" 2> /dev/null || break
   done
-  wait "$viewer"
+  wait "$viewer" || true  # it ends with the job, or earlier on a signal to the whole process group
   trap - INT TERM
   mapfile -t rank_logs < <(compgen -G "${RANK_LOGS:-$log}")
   signal=$(stopped_by "$log" "${rank_logs[@]}")
@@ -311,6 +311,9 @@ while not listening() and time.time() < deadline and os.getppid() == parent:
 msrun_job() {  # msrun_job WORKERS LOG [train.py and its arguments]: msrun, then name the rank that failed
   local workers=$1 log=$2 status=0 nodes=() fd holder=""
   shift 2
+  # a hangup or SIGTERM to the whole process group must not end this shell before msrun (the launcher's trap passes
+  # it to the ranks); a trapped signal, unlike an ignored one, is back to default in msrun
+  trap ':' HUP TERM
   if [ "$NODE_NUM" -gt 1 ]; then nodes=(--node_rank="$NODE_RANK"); fi
   if [ -z "${MASTER_PORT:-}" ]; then
     exec {fd}< <(exec "$PYTHON" -c "$PORT_HOLDER" "${CLUSTER_TIMEOUT:-600}")
