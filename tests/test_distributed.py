@@ -347,15 +347,18 @@ def test_a_killed_rank_ends_the_job_and_resume_is_exact(parallel_run, script_pro
     assert_same_final_state(run_dir, parallel_run)
 
 
-@pytest.mark.parametrize("script,positional", [
-    ("run_distribute_train_gpu.sh", ["cifar10", os.path.join(ROOT_DIR, "default_config.yaml"), "{data}"]),
-    ("run_distribute_train_msrun.sh", ["cifar10", "{data}"]),
-], ids=["GPU", "Ascend-msrun"])
-def test_ctrl_c_on_the_gpu_and_ascend_msrun_launchers(script_processes, digits, tmp_path, hold, script, positional):
+@pytest.mark.parametrize("script,positional,signum", [
+    ("run_distribute_train_gpu.sh", ["cifar10", os.path.join(ROOT_DIR, "default_config.yaml"), "{data}"],
+     signal.SIGINT),
+    ("run_distribute_train_msrun.sh", ["cifar10", "{data}"], signal.SIGTERM),
+], ids=["GPU-Ctrl-C", "Ascend-msrun-SIGTERM-to-the-group"])
+def test_a_stop_of_the_gpu_and_ascend_msrun_launchers(script_processes, digits, tmp_path, hold, script, positional,
+                                                       signum):
     """The GPU and Ascend msrun launchers run the CPU launcher's msrun code (scripts/common.sh `data_parallel_train`):
     here on CPU (`--device_target CPU` after `--` wins) with DEVICE_NUM=2.  While msrun starts, the port it was given
-    is held (no other program can bind it).  Ctrl-C at rank 0's step 2: exit 130, rank 0 saved epoch 1 step 2, no
-    process left."""
+    is held (no other program can bind it).  At rank 0's step 2, the launcher's whole process group gets Ctrl-C
+    (SIGINT, from a terminal) or SIGTERM (from a scheduler; it also ends the launcher's log viewer): the ranks stop
+    there, rank 0 saved epoch 1 step 2, the launcher exits 128 + the signal saying so, and no process is left."""
     held = hold(2, rank=0)
     job, output = launch(script_processes, digits, tmp_path, "--device_target", "CPU", "--epoch_size", 1,
                          env={**held.env, "DEVICE_NUM": "2"}, terminal=True, script=script,
@@ -366,10 +369,12 @@ def test_ctrl_c_on_the_gpu_and_ascend_msrun_launchers(script_processes, digits, 
         other.bind(("", port))
     assert taken.value.errno == errno.EADDRINUSE
     held.wait(job)
-    os.killpg(job.pid, signal.SIGINT)
-    assert job.wait(timeout=180) == 128 + signal.SIGINT, output.read_text()[-3000:]
+    sent = time.time()
+    os.killpg(job.pid, signum)
+    assert job.wait(timeout=180) == 128 + signum, output.read_text()[-3000:]
+    print(f"{script}: the launcher exited {time.time() - sent:.1f} s after {signum.name}")
     assert script_processes.pids() == []
-    assert "stopped by SIGINT (exit 130)" in output.read_text()
+    assert f"stopped by {signum.name} (exit {128 + signum}): every rank stopped at the same step" in output.read_text()
     assert os.listdir(tmp_path / "train_parallel" / "ckpt_0") == ["mobilenet_v1-1_2.ckpt"]
 
 
