@@ -158,7 +158,7 @@ def evaluate(model: Model, dataset, callbacks=None) -> tuple:
 
 @dataclass(frozen=True)
 class DataSink:
-    """Data sink (GPU and Ascend in graph mode; MindSpore's CPU has none): `enabled`, and `steps` per sink (1 without)."""
+    """Data sink (GPU and Ascend in graph mode; MindSpore's CPU has none): `enabled`, `steps` per sink (1 without)."""
     enabled: bool
     steps: int
 

@@ -742,7 +742,8 @@ def dry_run(monkeypatch):
 
 
 # sinks of the 84 steps of 1437 images at batch 17 (divisors 1, 2, 3, 4, 6, 7, 12, 14, 21, 28, 42, 84) that last at
-# most stop_seconds (10) at each config's step_seconds: 0.5 (the default) -> 20 steps, 0.12 -> 83, 0.26 -> 38, 0.43 -> 23
+# most stop_seconds (10) at each config's step_seconds: 0.5 (the default) -> 20 steps, 0.12 -> 83, 0.26 -> 38,
+# 0.43 -> 23
 SHIPPED_SINKS = {"default_config.yaml": 14, "default_config_imagenet.yaml": 42,
                  "default_config_gpu_imagenet.yaml": 28, "mobilenetv3_config.yaml": 21}
 

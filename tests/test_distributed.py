@@ -313,8 +313,8 @@ def test_a_stop_stops_every_rank_at_one_step_and_resumes_exactly(parallel_run, s
                      rf"{re.escape(str(saved))};", logs[0]), logs[0][-2000:]
     assert re.search(rf"\[rank 1\] {stopped}(?: \(at most \d+ steps and [\d.]+ s after the signal\))?: no checkpoint "
                      rf"written by this rank", logs[1]), logs[1][-2000:]
-    print(f"{target}: both ranks stopped at global step {step}, {step - HELD} step(s) after the held step; the launcher "
-          f"exited {ended:.1f} s after the signal")
+    print(f"{target}: both ranks stopped at global step {step}, {step - HELD} step(s) after the held step; the "
+          f"launcher exited {ended:.1f} s after the signal")
     if target not in ("Ctrl-C", "rank 1"):
         return
     job, output = launch(script_processes, digits, tmp_path, "--resume", "auto")
@@ -435,12 +435,18 @@ while os.getppid() == parent:
 src.distributed.stop_with_launcher()
 print("still running", file=sys.stderr, flush=True)
 '''
-A = 'import subprocess, sys; b = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdout=subprocess.PIPE, text=True); print(b.stdout.readline(), end="", flush=True)'
+A = '''import subprocess, sys
+b = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdout=subprocess.PIPE, text=True)
+print(b.stdout.readline(), end="", flush=True)
+'''
 a = subprocess.Popen([sys.executable, "-c", A, B], stdout=subprocess.PIPE, text=True)
 b = int(a.stdout.readline())
 a.wait()
 _, status = os.waitpid(b, 0)
-print("B", "signal" if os.WIFSIGNALED(status) else "exit", os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
+if os.WIFSIGNALED(status):
+    print("B signal", os.WTERMSIG(status))
+else:
+    print("B exit", os.WEXITSTATUS(status))
 """
 
 
