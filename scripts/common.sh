@@ -134,7 +134,7 @@ stopped_by() {  # stopped_by LOG...: the signal (e.g. SIGTERM) that stopped the 
 
 launch() {  # launch LOG COMMAND...: run COMMAND (a program or a function) with its output in LOG; RANK_LOGS: a
   # pattern of the ranks' own logs, where a stop on a signal shows
-  local log=$1 job viewer status=0 signal rank_logs
+  local log=$1 job viewer status=0 signal caught="" rank_logs
   shift
   : > "$log"
   "$@" > "$log" 2>&1 &
@@ -147,19 +147,24 @@ launch() {  # launch LOG COMMAND...: run COMMAND (a program or a function) with 
   tail -n +1 -f --pid="$job" "$log" &
   viewer=$!
   # `wait` (unlike a foreground command) lets a signal in at once: SIGINT or SIGTERM goes on to the ranks only
-  # (see stop_ranks), then the job is waited for until it ends.
-  trap 'stop_ranks INT "$job"' INT
-  trap 'stop_ranks TERM "$job"' TERM
+  # (see stop_ranks), then the job is waited for until it ends. Ctrl-C at a terminal sends SIGINT to the whole
+  # foreground process group: msrun runs in a session of its own (msrun_job) so that only this trap passes it on; a
+  # hangup (the terminal closed) stops the ranks as SIGTERM does. The exit status names the signal caught here:
+  # inside a running graph MindSpore turns SIGINT into SIGTERM (its IntHandler in GraphScheduler::Run), so the ranks
+  # say SIGTERM.
+  trap 'caught=SIGINT; stop_ranks INT "$job"' INT
+  trap 'caught=SIGTERM; stop_ranks TERM "$job"' TERM HUP
   while :; do
     status=0
     wait "$job" || status=$?
     kill -0 "$job" 2> /dev/null || break
   done
-  wait "$viewer"
+  wait "$viewer" || true  # it ends with the job, or earlier on a signal to the whole process group
   trap - INT TERM
   mapfile -t rank_logs < <(compgen -G "${RANK_LOGS:-$log}")
   signal=$(stopped_by "$log" "${rank_logs[@]}")
   if [ -n "$signal" ]; then
+    signal=${caught:-$signal}
     status=$((128 + $(kill -l "$signal")))
     echo "stopped by $signal (exit $status): every rank stopped at the same step; the log names the checkpoint" \
       "saved; resume with the same command plus: -- --resume auto" >&2
@@ -269,25 +274,71 @@ wait_for_orphaned_processes() {  # after msrun: wait for its ranks and scheduler
     waited=$((waited + 1))
   done
   pkill -f -- "tail -f $RUN_DIR/worker_" 2> /dev/null || true  # msrun's, left behind when it was killed
+  waited=0
+  while pgrep -f -- "tail -f $RUN_DIR/worker_" > /dev/null && [ "$waited" -lt 50 ]; do  # gone before we return
+    sleep 0.1
+    waited=$((waited + 1))
+  done
 }
 
+# Holds a free port (printed first) until something listens on it, at most argv[1] seconds, or until its parent ends.
+# Bound but not listening, with SO_REUSEADDR, which msrun's scheduler sets too: the scheduler can bind it, while the
+# kernel gives it to no other program meanwhile (a port merely found free can be taken before msrun binds it, and
+# msrun's workers then wait CLUSTER_TIMEOUT for a scheduler that never started).
+PORT_HOLDER='
+import os, socket, sys, time
+held = socket.socket()
+held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+held.bind(("", 0))
+port, parent, deadline = held.getsockname()[1], os.getppid(), time.time() + float(sys.argv[1])
+print(port, flush=True)
+
+def listening():
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, encoding="ascii") as rows:
+                fields = [row.split() for row in rows.readlines()[1:]]
+        except OSError:
+            continue
+        if any(f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port for f in fields):  # 0A: LISTEN
+            return True
+    return False
+
+while not listening() and time.time() < deadline and os.getppid() == parent:
+    time.sleep(0.1)
+'
+
 msrun_job() {  # msrun_job WORKERS LOG [train.py and its arguments]: msrun, then name the rank that failed
-  local workers=$1 log=$2 status=0 nodes=()
+  local workers=$1 log=$2 status=0 nodes=() fd holder=""
   shift 2
+  # a hangup or SIGTERM to the whole process group must not end this shell before msrun (the launcher's trap passes
+  # it to the ranks); a trapped signal, unlike an ignored one, is back to default in msrun
+  trap ':' HUP TERM
   if [ "$NODE_NUM" -gt 1 ]; then nodes=(--node_rank="$NODE_RANK"); fi
-  msrun --worker_num=$((workers * NODE_NUM)) --local_worker_num="$workers" --master_addr="$MASTER_ADDR" \
-    --master_port="$MASTER_PORT" "${nodes[@]}" --log_dir="$RUN_DIR" --join=True \
+  if [ -z "${MASTER_PORT:-}" ]; then
+    exec {fd}< <(exec "$PYTHON" -c "$PORT_HOLDER" "${CLUSTER_TIMEOUT:-600}")
+    holder=$!
+    read -r MASTER_PORT <&"$fd"
+    exec {fd}<&-
+  fi
+  echo "msrun: $workers ranks on this machine (NODE_RANK $NODE_RANK of $NODE_NUM machines: ranks" \
+    "$((NODE_RANK * workers))-$(((NODE_RANK + 1) * workers - 1)) of $((workers * NODE_NUM))), master" \
+    "$MASTER_ADDR:$MASTER_PORT; rank logs: $RUN_DIR/worker_<rank>.log"
+  # its own session: out of the terminal's process group, whose Ctrl-C its SIGINT handler would answer by SIGKILLing
+  # every rank and exiting 0 (mindspore/parallel/cluster/process_entity/_api.py, join_processes)
+  setsid --wait msrun --worker_num=$((workers * NODE_NUM)) --local_worker_num="$workers" \
+    --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" "${nodes[@]}" --log_dir="$RUN_DIR" --join=True \
     --cluster_time_out="${CLUSTER_TIMEOUT:-600}" "$@" || status=$?
+  if [ -n "$holder" ]; then
+    kill "$holder" 2> /dev/null || true
+    wait "$holder" 2> /dev/null || true
+  fi
   wait_for_orphaned_processes
   # ranks that stopped on a signal exit 128 + signal, which msrun reports as a failure
   if [ "$status" -ne 0 ] && [ -z "$(stopped_by "$RUN_DIR"/worker_*.log)" ]; then
     report_failed_rank "$log" "$workers"
   fi
   return "$status"
-}
-
-free_port() {
-  "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])'
 }
 
 data_parallel_train() {  # data_parallel_train TARGET WORKERS: train.py on WORKERS ranks of this machine (NODE_NUM
@@ -305,11 +356,8 @@ data_parallel_train() {  # data_parallel_train TARGET WORKERS: train.py on WORKE
   if [ "$NODE_NUM" -gt 1 ]; then log="$RUN_DIR/log_node$NODE_RANK.txt"; fi  # machines may share the run folder
   train_command "$1" --run_distribute True
   if [ "$launcher" = msrun ]; then
-    MASTER_PORT=${MASTER_PORT:-$(free_port)}
+    command -v setsid > /dev/null || fail "setsid (util-linux) is not installed; msrun runs in a session of its own"
     RANK_LOGS="$RUN_DIR/worker_*.log"
-    echo "msrun: $2 ranks on this machine (NODE_RANK $NODE_RANK of $NODE_NUM machines: ranks" \
-      "$((NODE_RANK * $2))-$(((NODE_RANK + 1) * $2 - 1)) of $(($2 * NODE_NUM))), master $MASTER_ADDR:$MASTER_PORT;" \
-      "rank logs: $RUN_DIR/worker_<rank>.log"
     launch "$log" msrun_job "$2" "$log" "${CMD[@]}"
   else
     if [ "$(id -u)" = 0 ]; then root_flag=(--allow-run-as-root); fi

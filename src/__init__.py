@@ -8,3 +8,7 @@ import os
 # tells whether it was ours, so the benchmark's PyTorch peer runs with its own default).
 WAIT_POLICY_DEFAULTED = "OMP_WAIT_POLICY" not in os.environ
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# The process that started this one (msrun, mpirun, a launch script): a rank that asks to be stopped when it dies
+# checks that it did not die before (src/distributed.py, stop_with_launcher).
+LAUNCHER_PID = os.getppid()

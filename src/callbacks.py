@@ -14,10 +14,10 @@ from mindspore.train.callback import Callback
 from src.checkpoint import save_checkpoint, training_checkpoints
 from src.distributed import all_gather, averaged_statistics, barrier
 from src.errors import UserError
-from src.model_utils.cli import log
+from src.model_utils.cli import log, warn
 from src.optimizer import ema_applied
 from src.plots import plot_metrics
-from src.training import evaluate
+from src.training import evaluate, largest_divisor, optimizer_steps
 
 PLOT_SECONDS = 30.0
 METRIC_FIELDS = ("epoch", "global_step", "loss", "lr", "epoch_seconds", "images_per_second",
@@ -95,24 +95,36 @@ class StopOnSignal(Callback):
     saves a checkpoint through `saver` (None when none is saved) and stops.  With several ranks they agree on that
     step first (the flags are gathered every step), so a signal to any one rank stops all of them at the same
     step, and none exits before the checkpoint is complete (msrun kills every rank when the first one exits).
-    `signal_name`, `received` (the signal this rank got, 0 if another rank got it), `stopped_at` (epoch, step) and
-    `saved` tell what happened."""
+    `signal_name`, `received` (the signal this rank got, 0 if another rank got it), `stopped_at` (epoch, step),
+    `latency` and `saved` tell what happened.  `latency`: (steps, seconds) from the end of the last step before
+    the signal to the stop, at most the time the stop took (Python runs a handler between steps, and inside a
+    running graph MindSpore turns SIGINT into SIGTERM first); None on the ranks that did not get the signal."""
 
     def __init__(self, progress: Progress, saver=None):
         super().__init__()
         self.progress, self.saver, self.received, self.signal_name, self.saved = progress, saver, 0, "", ""
-        self.stopped_at = (0, 0)
+        self.stopped_at, self.latency, self.received_after = (0, 0), None, None
+        self.last_step, self.last_step_time = progress.start_step, time.time()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._request)
 
     def _request(self, signum, _frame):
         self.received = signum
+        self.received_after = self.received_after or (self.last_step, self.last_step_time)
+
+    def on_train_begin(self, run_context):
+        self.last_step_time = time.time()
 
     def on_train_step_end(self, run_context):
+        if self.signal_name:  # stopped already; MindSpore's PyNative sink runs on to the sink's end (model.py l.1183)
+            return
         signum = int(all_gather(np.array([self.received], np.int32)).max())
+        self.last_step, self.last_step_time = self.progress.global_step(run_context.original_args()), time.time()
         if signum:
             self.signal_name = signal.Signals(signum).name
-            self.stopped_at = self.progress.epoch_and_step(self.progress.global_step(run_context.original_args()))
+            self.stopped_at = self.progress.epoch_and_step(self.last_step)
+            if self.received_after is not None:
+                self.latency = (self.last_step - self.received_after[0], self.last_step_time - self.received_after[1])
             if self.saver is not None:
                 self.saved = self.saver.save(run_context.original_args())
             barrier()
@@ -166,34 +178,54 @@ class TrainMonitor(Callback):
     mean of every step, not the sink's last), skipped steps from `skipped_steps` (the loss-scale manager's count, or
     None when it cannot skip).  A loss that is not finite stops the run with a `UserError` naming epoch and steps,
     before any checkpoint of that epoch is written; where steps can be skipped they are counted instead.  An
-    epoch's time ends at its last step, so evaluation is not counted."""
+    epoch's time ends at its last step, so evaluation is not counted.  The learning rate logged is the one
+    `optimizer` last applied (its own step count: a skipped step applies none).  With `stop_seconds` (data sink),
+    a call that covered more time than that (after the first, which compiles) is a stop waiting longer than wanted:
+    a warning says which `step_seconds` sizes the sinks for it."""
 
     def __init__(self, progress: Progress, recorder, lr: np.ndarray, images_per_step: int, log_interval: int,
-                 total_epochs: int, metrics_path: str = "", skipped_steps=None):
+                 total_epochs: int, metrics_path: str = "", skipped_steps=None, optimizer=None,
+                 stop_seconds: float = 0.0):
         super().__init__()
         self.progress, self.recorder, self.skipped_steps = progress, recorder, skipped_steps
         self.lr, self.images_per_step, self.log_interval = lr, images_per_step, log_interval
         self.total_epochs, self.metrics_path = total_epochs, metrics_path
+        self.optimizer, self.stop_seconds, self.calls = optimizer, stop_seconds, 0
         self.drawn_at = -math.inf
         self.last_step, self.skipped_total = progress.start_step, skipped_steps() if skipped_steps else 0
-        self.epoch_seconds, self.epoch_start, self.last_step_time = [], None, 0.0
+        self.epoch_seconds, self.epoch_start, self.last_step_time, self.sink_start = [], None, 0.0, 0.0
         self.epoch = {"loss_sum": 0.0, "finite": 0, "steps": 0, "skipped": 0}
 
     def on_train_epoch_begin(self, run_context):
         # called once per epoch, or once per sink with data sink: an epoch starts at its first step
+        self.sink_start = time.time()
         if self.epoch_start is None:
-            self.epoch_start = time.time()
+            self.epoch_start = self.sink_start
             self.epoch = dict.fromkeys(self.epoch, 0)
 
     def _lr_at(self, global_step: int) -> float:
-        """Learning rate used by global step `global_step` (counted from 1)."""
-        return float(self.lr[min(global_step, len(self.lr)) - 1])
+        """Learning rate last applied, at global step `global_step` (counted from 1)."""
+        applied = optimizer_steps(self.optimizer) if self.optimizer is not None else global_step
+        return float(self.lr[min(max(applied, 1), len(self.lr)) - 1])
+
+    def _check_stop_latency(self, steps: int, seconds: float) -> None:
+        self.calls += 1
+        if not self.stop_seconds or self.calls == 1 or seconds <= self.stop_seconds:
+            return
+        per_step = seconds / steps
+        fits = largest_divisor(self.progress.steps_per_epoch, int(self.stop_seconds / per_step))
+        warn(f"a data sink of {steps} steps took {seconds:.1f} s ({per_step:.3g} s per step), more than stop_seconds "
+             f"{self.stop_seconds:g}: a stop (SIGTERM, Ctrl-C) waits for the sink's end; next time set --step_seconds "
+             f"{per_step:.3g} (sinks of {fits} steps)")
+        self.stop_seconds = 0.0  # once
 
     def on_train_step_end(self, run_context):
         cb = run_context.original_args()
-        self.last_step_time = time.time()
+        now = time.time()
         global_step = self.progress.global_step(cb)
         steps, self.last_step = global_step - self.last_step, global_step
+        self._check_stop_latency(steps, now - max(self.sink_start, self.last_step_time))
+        self.last_step_time = now
         loss_sum, finite = self.recorder.take()
         skipped = 0
         if self.skipped_steps is not None:

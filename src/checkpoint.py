@@ -4,6 +4,7 @@ import os
 from typing import Optional
 
 import mindspore as ms
+import mindspore.nn as nn
 import numpy as np
 
 from src.distributed import restore_own_statistics
@@ -102,18 +103,31 @@ def build_network(config, checkpoint: str = "", what: str = "checkpoint", fine_t
 
 
 def checkpoint_position(params: dict) -> tuple:
-    """(epochs done, global step) stored in a training checkpoint."""
+    """(epochs done, global step) stored in a training checkpoint: the step is the batches trained (`step_num`,
+    which our checkpoints store), not the optimizer's `global_step`, which lags behind it by the steps a dynamic loss
+    scale skipped (MindSpore's own checkpoints have only that one)."""
     if "global_step" not in params or "epoch_num" not in params:
         raise UserError("checkpoint has no training position (global_step, epoch_num): it is a weights-only "
                         "checkpoint; use it with --pre_trained instead of --resume")
-    step = int(np.asarray(params["global_step"].asnumpy()).reshape(-1)[0])
-    return int(params["epoch_num"].asnumpy()), step
+    step = params["step_num"] if "step_num" in params else params["global_step"]
+    return int(params["epoch_num"].asnumpy()), int(np.asarray(step.asnumpy()).reshape(-1)[0])
 
 
-def restore_training(path: str, net, optimizer, total_steps: int) -> tuple:
-    """Load weights, BN statistics and optimizer state (moments, global_step, LR) from `path`, which must
-    come from a run of `total_steps` steps (one LR per step); with several ranks each takes its own BN statistics
-    where the checkpoint has them.  Returns (epoch stored, global step)."""
+def loss_scale_state(train_network) -> list:
+    """The Parameters of a dynamic loss scale: `scale_sense` of MindSpore's `TrainOneStepWithLossScaleCell` and those
+    of its update cell (nn/wrap/loss_scale.py lines 399-402: the iteration counters of `DynamicLossScaleUpdateCell`,
+    lines 153-154, and our skipped-step count); none for another train network."""
+    if not isinstance(train_network, nn.TrainOneStepWithLossScaleCell):
+        return []
+    update_cell = train_network.loss_scaling_manager
+    return [train_network.scale_sense, *(update_cell.get_parameters() if update_cell is not None else ())]
+
+
+def restore_training(path: str, net, optimizer, total_steps: int, train_network=None) -> tuple:
+    """Load weights, BN statistics, optimizer state (moments, global_step, LR) and the state of a dynamic loss scale
+    (in `train_network`) from `path`, which must come from a run of `total_steps` steps (one LR per step); with
+    several ranks each takes its own BN statistics where the checkpoint has them.  Returns (epoch stored, global
+    step)."""
     params = read_checkpoint(path, "resume checkpoint")
     position = checkpoint_position(params)
     weights = fit_to_network(net, params, path, "resume checkpoint")
@@ -126,6 +140,13 @@ def restore_training(path: str, net, optimizer, total_steps: int) -> tuple:
     ms.load_param_into_net(net, weights)
     ms.load_param_into_net(optimizer, params)
     restore_own_statistics(net, params)
+    scale = loss_scale_state(train_network)
+    if scale and all(param.name in params for param in scale):
+        for param in scale:
+            param.set_data(ms.Tensor(params[param.name].asnumpy()))
+    elif scale:
+        log(f"resume checkpoint {path} has no dynamic loss-scale state (a run with a fixed scale): the scale starts "
+            f"again at loss_scale")
     ema = getattr(optimizer, "ema", None)
     if ema is not None and not any(name.startswith(EMA_PREFIX + ".") for name in params):
         ema.restart()  # a run resumed with EMA on from a checkpoint without one: average from the resumed weights

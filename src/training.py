@@ -173,21 +173,39 @@ def evaluate_exported(run, dataset, class_num: int, progress=None) -> tuple:
 
 @dataclass(frozen=True)
 class DataSink:
-    """Data sink (GPU and Ascend; MindSpore's CPU has none): `enabled`, and `steps` per sink (1 without)."""
+    """Data sink (GPU and Ascend in graph mode; MindSpore's CPU has none): `enabled`, `steps` per sink (1 without)."""
     enabled: bool
     steps: int
 
 
-def data_sink(config, steps_per_epoch: int) -> DataSink:
-    """The run's `DataSink`: `sink_size` steps per sink (-1: the whole epoch), a divisor of the epoch so that
-    epochs end at a sink's end (evaluation, checkpoints and the metrics row happen there)."""
+def largest_divisor(number: int, at_most: int) -> int:
+    """The largest divisor of `number` that is at most `at_most` (1 at least)."""
+    return max(d for d in range(1, min(number, max(at_most, 1)) + 1) if number % d == 0)
+
+
+def data_sink(config, steps_per_epoch: int, global_step: int = 0) -> DataSink:
+    """The `DataSink` of a run that starts at `global_step`.  With sink MindSpore calls the callbacks, and so a stop on
+    a signal, only at a sink's end (`Model._train_dataset_sink_process`): `sink_size` -1 takes the largest divisor of
+    the epoch (and of `global_step`, where a resumed run starts) whose sink lasts at most `stop_seconds` at
+    `step_seconds` per step (`stop_seconds` 0: the whole epoch).  An explicit `sink_size` must divide the epoch, so
+    that epochs end at a sink's end (evaluation, checkpoints and the metrics row happen there).  In PyNative mode
+    MindSpore feeds a sink one step at a time (model.py line 1164, dataset_helper.py `_DatasetIterPyNative`), which
+    gains nothing: sink is off there, with a warning."""
     if not config.dataset_sink_mode or config.device_target == "CPU":
         return DataSink(False, 1)
-    steps = steps_per_epoch if config.sink_size == -1 else config.sink_size
+    if config.mode == "pynative":
+        warn("dataset_sink_mode: in pynative mode MindSpore feeds a data sink one step at a time, which gains nothing; "
+             "training without data sink (--dataset_sink_mode False says so)")
+        return DataSink(False, 1)
+    if config.sink_size == -1:
+        fits = math.gcd(steps_per_epoch, global_step)
+        return DataSink(True, largest_divisor(fits, int(config.stop_seconds / config.step_seconds)
+                                              if config.stop_seconds else fits))
+    steps = config.sink_size
     if steps_per_epoch % steps:
         divisors = [d for d in range(1, steps_per_epoch + 1) if steps_per_epoch % d == 0]
         raise UserError(f"sink_size {steps} does not divide the {steps_per_epoch} steps of an epoch; use one of "
-                        f"{', '.join(map(str, divisors[-8:]))} (or -1: one sink per epoch)")
+                        f"{', '.join(map(str, divisors[-8:]))} (or -1: sized for stop_seconds)")
     return DataSink(True, steps)
 
 
@@ -204,7 +222,14 @@ def train_arguments(config, sink: DataSink, steps_per_epoch: int, global_step: i
     if global_step % sink.steps:
         fits = math.gcd(global_step, steps_per_epoch)
         raise UserError(f"resume checkpoint {checkpoint} stopped at global step {global_step}, inside a data sink of "
-                        f"{sink.steps} steps; resume with --sink_size {fits} (divides the step and the epoch) or "
-                        f"--dataset_sink_mode False")
+                        f"{sink.steps} steps; resume with --sink_size {fits} (divides the step and the epoch), -1 "
+                        f"(picks a sink that fits) or --dataset_sink_mode False")
     return {"epoch": config.epoch_size * steps_per_epoch // sink.steps, "initial_epoch": global_step // sink.steps,
             "dataset_sink_mode": True, "sink_size": sink.steps}
+
+
+def optimizer_steps(optimizer) -> int:
+    """Steps `optimizer` has applied (its `global_step`, the index of its next learning rate): fewer than the batches
+    trained when a dynamic loss scale skipped some (`TrainOneStepWithLossScaleCell.construct`, nn/wrap/loss_scale.py
+    lines 433-434)."""
+    return int(optimizer.global_step.asnumpy().reshape(-1)[0])

@@ -2,6 +2,7 @@
 import os
 import signal
 import subprocess
+import time
 import uuid
 
 import mindspore as ms
@@ -51,6 +52,78 @@ class ScriptProcesses:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+# Test-only: a run held at a known step.  Where HOLD_AT_STEP is set, the training process (a rank whose RANK_ID is
+# HOLD_RANK, when that is set) creates the file HOLD_MARKER at the end of that global step, before its stop callback,
+# and waits there until it receives a signal or the file HOLD_RELEASE exists; then the callback runs.  A test that
+# signals or kills a run there knows the step it acts on, however fast the machine.
+HOLD_HOOK = '''import importlib.abc, importlib.util, os, sys, time
+
+
+def _hold(stop_class):
+    step, marker, release = int(os.environ["HOLD_AT_STEP"]), os.environ["HOLD_MARKER"], os.environ["HOLD_RELEASE"]
+    step_end = stop_class.on_train_step_end
+
+    def held(self, run_context):
+        if self.progress.global_step(run_context.original_args()) == step:
+            open(marker, "w").close()
+            while not self.received and not os.path.exists(release):
+                time.sleep(0.05)
+        step_end(self, run_context)
+
+    stop_class.on_train_step_end = held
+
+
+class _HoldFinder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "src.callbacks":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        exec_module = spec.loader.exec_module
+
+        def exec_and_hold(module):
+            exec_module(module)
+            _hold(module.StopOnSignal)
+
+        spec.loader.exec_module = exec_and_hold
+        return spec
+
+
+if os.environ.get("HOLD_AT_STEP") and os.environ.get("RANK_ID", "0") == os.environ.get("HOLD_RANK",
+                                                                                      os.environ.get("RANK_ID", "0")):
+    sys.meta_path.insert(0, _HoldFinder())
+'''
+
+
+class Hold:
+    """Environment variables that hold a run (every training process started with them) at global step `step` (of
+    rank `rank` only, when given), see `HOLD_HOOK`; `hooks` are prepended to it (other sitecustomize code)."""
+
+    def __init__(self, folder, step: int, rank=None, hooks: str = ""):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "sitecustomize.py").write_text(hooks + "\n" + HOLD_HOOK)
+        self.marker, self.release_file = folder / "held", folder / "release"
+        self.env = {"PYTHONPATH": str(folder), "HOLD_AT_STEP": str(step), "HOLD_MARKER": str(self.marker),
+                    "HOLD_RELEASE": str(self.release_file), **({"HOLD_RANK": str(rank)} if rank is not None else {})}
+
+    def wait(self, job, timeout: float = 300) -> None:
+        """Return when the run is held (`job`: its Popen, which must not end first)."""
+        deadline = time.time() + timeout
+        while not self.marker.exists():
+            assert job.poll() is None, f"the run ended (exit {job.returncode}) before reaching the held step"
+            assert time.time() < deadline, "the run did not reach the held step"
+            time.sleep(0.1)
+
+    def release(self) -> None:
+        self.release_file.touch()
+
+
+@pytest.fixture
+def hold(tmp_path):
+    """`hold(step, rank=None, hooks="")`: a `Hold` at `step`, its files in tmp_path/hold."""
+    return lambda step, rank=None, hooks="": Hold(tmp_path / "hold", step, rank, hooks)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,9 @@
 """Data-parallel training on CPU: scripts/run_distribute_train_cpu.sh with 2 ranks through msrun (MCCL): identical
 weights, one writer, sharded evaluation, BatchNorm statistics averaged, one stop for all ranks, exact resume."""
 import ast
+import contextlib
 import csv
+import errno
 import json
 import os
 import re
@@ -187,13 +189,14 @@ def test_evaluation_is_sharded_and_equals_one_process(parallel_run, digits, scri
     assert float(during["eval_loss"]) == pytest.approx(single["loss"], abs=2e-6)
     # eval.py on 2 ranks
     bin_dir = os.path.dirname(sys.executable)  # msrun starts the workers with the `python` found on PATH
-    msrun = subprocess.run(
-        [os.path.join(bin_dir, "msrun"), "--worker_num=2", "--local_worker_num=2", f"--master_port={free_port()}",
-         f"--log_dir={tmp_path / 'logs'}", "--join=True", os.path.join(ROOT_DIR, "eval.py"), "--config_path",
-         os.path.join(ROOT_DIR, "default_config.yaml"), "--dataset_path", digits, "--checkpoint_path", checkpoint,
-         "--run_distribute", "True", "--result_file", tmp_path / "result.json", *map(str, eval_args)],
-        cwd=str(tmp_path), env={**script_processes.env, "PATH": bin_dir + os.pathsep + os.environ["PATH"]},
-        capture_output=True, text=True, timeout=300)
+    with held_port() as port:
+        msrun = subprocess.run(
+            [os.path.join(bin_dir, "msrun"), "--worker_num=2", "--local_worker_num=2", f"--master_port={port}",
+             f"--log_dir={tmp_path / 'logs'}", "--join=True", os.path.join(ROOT_DIR, "eval.py"), "--config_path",
+             os.path.join(ROOT_DIR, "default_config.yaml"), "--dataset_path", digits, "--checkpoint_path", checkpoint,
+             "--run_distribute", "True", "--result_file", tmp_path / "result.json", *map(str, eval_args)],
+            cwd=str(tmp_path), env={**script_processes.env, "PATH": bin_dir + os.pathsep + os.environ["PATH"]},
+            capture_output=True, text=True, timeout=300)
     assert msrun.returncode == 0, msrun.stdout[-3000:]
     for rank, count in ((0, 180), (1, 179)):
         log = (tmp_path / "logs" / f"worker_{rank}.log").read_text()
@@ -209,21 +212,30 @@ def read_metrics(path):
         return list(csv.DictReader(src))
 
 
-def free_port():
+@contextlib.contextmanager
+def held_port():
+    """A free port, held until the block ends: bound, not listening, with SO_REUSEADDR, which msrun's scheduler sets
+    too, so it can bind it while no other program is given it (a port merely found free may be taken meanwhile)."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("", 0))
-        return sock.getsockname()[1]
+        yield sock.getsockname()[1]
 
 
-def launch(script_processes, digits, cwd, *extra):
-    """The 2-rank run of `TRAIN_ARGS` (plus `extra`) on `digits`, started in the foreground in `cwd`; (process, output
-    file)."""
+def launch(script_processes, digits, cwd, *extra, env=None, terminal=False, script="run_distribute_train_cpu.sh",
+           positional=None):
+    """The 2-rank run of `TRAIN_ARGS` (plus `extra`) on `digits` through `script` (positional arguments: the CPU
+    launcher's unless given), started in the foreground in `cwd` with `env` added; `terminal`: as a terminal starts a
+    foreground job (its own session and process group, SIGINT not ignored), so that SIGINT to that group is a
+    Ctrl-C.  (process, output file)."""
     output = cwd / "output.txt"
+    positional = positional or ["cifar10", str(digits), "2"]
     with open(output, "a", encoding="utf-8") as out:
         job = subprocess.Popen(
-            ["bash", os.path.join(ROOT_DIR, "scripts", "run_distribute_train_cpu.sh"), "cifar10", str(digits), "2",
-             "--", *map(str, TRAIN_ARGS), *map(str, extra)],
-            cwd=str(cwd), env={**script_processes.env, "FOREGROUND": "1"}, stdout=out, stderr=out)
+            ["bash", os.path.join(ROOT_DIR, "scripts", script), *positional, "--", *map(str, TRAIN_ARGS),
+             *map(str, extra)], cwd=str(cwd), env={**script_processes.env, "FOREGROUND": "1", **(env or {})},
+            stdout=out, stderr=out, start_new_session=terminal,
+            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) if terminal else None)
     return job, output
 
 
@@ -259,41 +271,66 @@ def msrun_pid(script_processes):
     return pids[0]
 
 
-@pytest.mark.parametrize("target", ["launcher", "msrun", "rank 1"])
-def test_sigterm_stops_every_rank_at_one_step_and_resume_is_exact(parallel_run, script_processes, digits, tmp_path,
-                                                                  target):
-    """SIGTERM to the launcher (forwarded to the ranks, not to msrun, whose SIGINT handler SIGKILLs them), to msrun
-    (no handler: it dies, its workers get SIGTERM from the kernel) or to rank 1 alone: both ranks stop at the same
-    step (they agree every step), rank 0 saves, the launcher exits 143, no process is left (msrun's `tail`s
-    included); `--resume auto` then ends bit-identical to the uninterrupted run."""
-    job, output = launch(script_processes, digits, tmp_path)
+HELD = STEPS_PER_RANK + 3  # the stop tests hold rank 0 at the end of global step 13: epoch 2 step 3 of 10
+
+
+@pytest.mark.parametrize("target", ["launcher", "msrun", "rank 1", "Ctrl-C"])
+def test_a_stop_stops_every_rank_at_one_step_and_resumes_exactly(parallel_run, script_processes, digits, tmp_path,
+                                                                 hold, target):
+    """Rank 0 held at the end of global step 13 (epoch 2 step 3 of 10), then SIGTERM to the launcher (passed on to the
+    ranks, not to msrun), to msrun (it has no handler and dies; its workers get SIGTERM from the kernel), to rank 1
+    alone, or Ctrl-C: SIGINT to the launcher's whole process group, as a terminal sends it (msrun's handler would
+    SIGKILL the ranks and exit 0, mindspore/parallel/cluster/process_entity/_api.py lines 348-355; it runs in a session
+    of its own, so only the launcher's trap passes the signal on).  Both ranks stop at one step: 13 when rank 0 got the
+    signal while held, 14 when only rank 1 did (it was waiting for rank 0 in step 13's exchange, which it had joined
+    without a flag); rank 0 saves, the launcher exits 128 + the signal (130 for Ctrl-C), saying how to resume, and no
+    process is left (msrun's `tail`s included).  From the checkpoints of Ctrl-C (step 13) and rank 1's (step 14),
+    `--resume auto` ends bit-identical to the uninterrupted run (the others save the same step 13 as Ctrl-C)."""
+    held = hold(HELD, rank=0)
+    job, output = launch(script_processes, digits, tmp_path, env=held.env, terminal=target == "Ctrl-C")
     run_dir = tmp_path / "train_parallel"
-    wait_for(run_dir / "worker_0.log", "[rank 0] epoch: 2 step: 3,", job)
-    victim = {"launcher": job.pid, "msrun": msrun_pid(script_processes), "rank 1": rank_pid(script_processes, 1)}
-    os.kill(victim[target], signal.SIGTERM)
-    assert job.wait(timeout=180) == 128 + signal.SIGTERM, output.read_text()[-3000:]
-    assert "stopped by SIGTERM (exit 143): every rank stopped at the same step; the log names the checkpoint saved; " \
-           "resume with the same command plus: -- --resume auto" in output.read_text()
-    logs = [(run_dir / f"worker_{rank}.log").read_text() for rank in (0, 1)]
-    stop = re.search(r"\[rank 0\] stopped by SIGTERM(?: \(received by another rank\))? at epoch 2 step (\d+): saved "
-                     r"(\S+?);", logs[0])
-    assert stop and stop.group(2) == str(run_dir / "ckpt_0" / f"mobilenet_v1-2_{stop.group(1)}.ckpt"), logs[0][-2000:]
-    assert re.search(rf"\[rank 1\] stopped by SIGTERM(?: \(received by another rank\))? at epoch 2 step "
-                     rf"{stop.group(1)}: no checkpoint written by this rank", logs[1]), logs[1][-2000:]
+    held.wait(job)
+    sent = time.time()
+    if target == "Ctrl-C":
+        os.killpg(job.pid, signal.SIGINT)
+    else:
+        os.kill({"launcher": lambda: job.pid, "msrun": lambda: msrun_pid(script_processes),
+                 "rank 1": lambda: rank_pid(script_processes, 1)}[target](), signal.SIGTERM)
+    if target == "rank 1":
+        held.release()
+    signum = signal.SIGINT if target == "Ctrl-C" else signal.SIGTERM
+    assert job.wait(timeout=180) == 128 + signum, output.read_text()[-3000:]
+    ended = time.time() - sent
     assert script_processes.pids() == []
+    assert f"stopped by {signum.name} (exit {128 + signum}): every rank stopped at the same step; the log names the " \
+           f"checkpoint saved; resume with the same command plus: -- --resume auto" in output.read_text()
+    step = HELD + 1 if target == "rank 1" else HELD
+    logs = [(run_dir / f"worker_{rank}.log").read_text() for rank in (0, 1)]
+    # the ranks name the signal their handler saw: inside a running graph MindSpore turns SIGINT into SIGTERM
+    stopped = rf"stopped by SIG(?:TERM|INT)(?: \(received by another rank\))? at epoch 2 step {step - STEPS_PER_RANK}"
+    saved = run_dir / "ckpt_0" / f"mobilenet_v1-2_{step - STEPS_PER_RANK}.ckpt"
+    assert re.search(rf"\[rank 0\] {stopped}(?: \(at most \d+ steps and [\d.]+ s after the signal\))?: saved "
+                     rf"{re.escape(str(saved))};", logs[0]), logs[0][-2000:]
+    assert re.search(rf"\[rank 1\] {stopped}(?: \(at most \d+ steps and [\d.]+ s after the signal\))?: no checkpoint "
+                     rf"written by this rank", logs[1]), logs[1][-2000:]
+    print(f"{target}: both ranks stopped at global step {step}, {step - HELD} step(s) after the held step; the "
+          f"launcher exited {ended:.1f} s after the signal")
+    if target not in ("Ctrl-C", "rank 1"):
+        return
     job, output = launch(script_processes, digits, tmp_path, "--resume", "auto")
     assert job.wait(timeout=300) == 0, output.read_text()[-3000:]
-    assert f"1 epochs and {stop.group(1)} steps done" in (run_dir / "worker_1.log").read_text()
+    assert f"resumed {saved}: 1 epochs and {step - STEPS_PER_RANK} steps done" in (run_dir / "worker_1.log").read_text()
     assert_same_final_state(run_dir, parallel_run)
 
 
-def test_a_killed_rank_ends_the_job_and_resume_is_exact(parallel_run, script_processes, digits, tmp_path):
-    """SIGKILL rank 1 during epoch 2: the job exits non-zero in bounded time naming rank 1 and leaves no process;
-    `--resume auto` restarts both ranks from the epoch-1 checkpoint and ends bit-identical to the uninterrupted
-    run."""
-    job, output = launch(script_processes, digits, tmp_path)
+def test_a_killed_rank_ends_the_job_and_resume_is_exact(parallel_run, script_processes, digits, tmp_path, hold):
+    """SIGKILL rank 1, held at epoch 2 step 2: the job exits non-zero in bounded time naming rank 1 and leaves no
+    process; `--resume auto` restarts both ranks from the epoch-1 checkpoint and ends bit-identical to the
+    uninterrupted run."""
+    held = hold(STEPS_PER_RANK + 2, rank=1)
+    job, output = launch(script_processes, digits, tmp_path, env=held.env)
     run_dir = tmp_path / "train_parallel"
-    wait_for(run_dir / "worker_1.log", "[rank 1] epoch: 2 step: 2,", job)
+    held.wait(job)
     victim = rank_pid(script_processes, 1)
     os.kill(victim, signal.SIGKILL)
     killed = time.time()
@@ -308,6 +345,118 @@ def test_a_killed_rank_ends_the_job_and_resume_is_exact(parallel_run, script_pro
         assert (f"[rank {rank}] resumed {run_dir / 'ckpt_0' / f'mobilenet_v1-1_{STEPS_PER_RANK}.ckpt'}: 1 epochs and 0 "
                 f"steps done") in (run_dir / f"worker_{rank}.log").read_text()
     assert_same_final_state(run_dir, parallel_run)
+
+
+@pytest.mark.parametrize("script,positional,signum", [
+    ("run_distribute_train_gpu.sh", ["cifar10", os.path.join(ROOT_DIR, "default_config.yaml"), "{data}"],
+     signal.SIGINT),
+    ("run_distribute_train_msrun.sh", ["cifar10", "{data}"], signal.SIGTERM),
+], ids=["GPU-Ctrl-C", "Ascend-msrun-SIGTERM-to-the-group"])
+def test_a_stop_of_the_gpu_and_ascend_msrun_launchers(script_processes, digits, tmp_path, hold, script, positional,
+                                                       signum):
+    """The GPU and Ascend msrun launchers run the CPU launcher's msrun code (scripts/common.sh `data_parallel_train`):
+    here on CPU (`--device_target CPU` after `--` wins) with DEVICE_NUM=2.  While msrun starts, the port it was given
+    is held (no other program can bind it).  At rank 0's step 2, the launcher's whole process group gets Ctrl-C
+    (SIGINT, from a terminal) or SIGTERM (from a scheduler; it also ends the launcher's log viewer): the ranks stop
+    there, rank 0 saved epoch 1 step 2, the launcher exits 128 + the signal saying so, and no process is left."""
+    held = hold(2, rank=0)
+    job, output = launch(script_processes, digits, tmp_path, "--device_target", "CPU", "--epoch_size", 1,
+                         env={**held.env, "DEVICE_NUM": "2"}, terminal=True, script=script,
+                         positional=[arg.format(data=digits) for arg in positional])
+    wait_for(output, "master 127.0.0.1:", job)
+    port = int(re.search(r"master 127\.0\.0\.1:(\d+);", output.read_text()).group(1))
+    with socket.socket() as other, pytest.raises(OSError) as taken:
+        other.bind(("", port))
+    assert taken.value.errno == errno.EADDRINUSE
+    held.wait(job)
+    sent = time.time()
+    os.killpg(job.pid, signum)
+    assert job.wait(timeout=180) == 128 + signum, output.read_text()[-3000:]
+    print(f"{script}: the launcher exited {time.time() - sent:.1f} s after {signum.name}")
+    assert script_processes.pids() == []
+    assert f"stopped by {signum.name} (exit {128 + signum}): every rank stopped at the same step" in output.read_text()
+    assert os.listdir(tmp_path / "train_parallel" / "ckpt_0") == ["mobilenet_v1-1_2.ckpt"]
+
+
+# A launcher (msrun, mpirun) that starts train.py as a rank of a group whose scheduler never answers, prints the
+# rank's pid and waits for it.
+FAKE_LAUNCHER = """import subprocess, sys
+rank = subprocess.Popen(sys.argv[1:], stdout=sys.stderr)
+print(rank.pid, flush=True)
+rank.wait()
+"""
+
+
+def test_a_rank_whose_launcher_dies_while_the_group_forms_ends(digits, script_processes, tmp_path):
+    """A rank asks the kernel for SIGTERM on its launcher's death before it joins the group: when the launcher dies
+    while `init()` waits for the cluster (here for a scheduler that never answers, for up to MS_TOPO_TIMEOUT, 600 s),
+    the rank ends at once instead of waiting out the timeout."""
+    with held_port() as port:  # nothing listens there
+        env = {**script_processes.env, "MS_ROLE": "MS_WORKER", "MS_SCHED_HOST": "127.0.0.1",
+               "MS_SCHED_PORT": str(port), "MS_WORKER_NUM": "2", "MS_NODE_ID": "0", "RANK_ID": "0",
+               "MS_TOPO_TIMEOUT": "600"}
+        log = tmp_path / "rank.log"
+        with open(log, "w", encoding="utf-8") as out:
+            launcher = subprocess.Popen(
+                [sys.executable, "-c", FAKE_LAUNCHER, sys.executable, os.path.join(ROOT_DIR, "train.py"),
+                 "--config_path", os.path.join(ROOT_DIR, "default_config.yaml"), "--dataset_path", digits,
+                 "--run_distribute", "True", "--save_checkpoint_path", str(tmp_path / "out")],
+                env=env, stdout=subprocess.PIPE, stderr=out, text=True)
+        rank = int(launcher.stdout.readline())
+        wait_for(log, "Failed to register and try to reconnect to the meta server", launcher)  # inside init()
+        launcher.kill()
+        launcher.wait()
+        killed = time.time()
+        while running(rank) and time.time() - killed < 60:
+            time.sleep(0.1)
+        print(f"the rank ended {time.time() - killed:.1f} s after its launcher")
+        assert not running(rank), "the rank outlived its launcher"
+
+
+def running(pid):
+    """Whether process `pid` runs (a zombie, ended but not yet reaped, does not)."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+# Runs A, which starts B and exits as soon as B has imported src (so B's launcher is gone before B asks for the
+# parent-death signal); B then calls `stop_with_launcher`.  This process adopts B (a subreaper) and reports how B
+# ended.
+ORPHAN_CHECK = """import ctypes, os, subprocess, sys
+ctypes.CDLL(None).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans of our children become ours
+B = '''import os, sys, time
+import src.distributed
+print(os.getpid(), flush=True)
+parent = os.getppid()
+while os.getppid() == parent:
+    time.sleep(0.05)
+src.distributed.stop_with_launcher()
+print("still running", file=sys.stderr, flush=True)
+'''
+A = '''import subprocess, sys
+b = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdout=subprocess.PIPE, text=True)
+print(b.stdout.readline(), end="", flush=True)
+'''
+a = subprocess.Popen([sys.executable, "-c", A, B], stdout=subprocess.PIPE, text=True)
+b = int(a.stdout.readline())
+a.wait()
+_, status = os.waitpid(b, 0)
+if os.WIFSIGNALED(status):
+    print("B signal", os.WTERMSIG(status))
+else:
+    print("B exit", os.WEXITSTATUS(status))
+"""
+
+
+def test_a_rank_whose_launcher_died_before_it_asked_ends():
+    """The parent-death signal only covers a parent that dies after the request: `stop_with_launcher` checks that the
+    parent is still the process that started it (`src.LAUNCHER_PID`, recorded when `src` is imported) and, if not,
+    ends the rank as the signal would have (SIGTERM)."""
+    proc = subprocess.run([sys.executable, "-c", ORPHAN_CHECK], cwd=ROOT_DIR, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stdout.strip().splitlines()[-1] == f"B signal {int(signal.SIGTERM)}", proc.stdout + proc.stderr[-2000:]
 
 
 # Test-only: rank 1 reads its checkpoints from another folder (as a rank-table launcher or a second machine without
@@ -388,10 +537,10 @@ def test_two_machines_train_as_one_job_and_a_lost_machine_is_named(digits, scrip
                                  "cifar10", digits, "1", "--", *map(str, TRAIN_ARGS), *map(str, extra)],
                                 cwd=str(folder), env=variables, stdout=out, stderr=out)
 
-    port = free_port()
-    machines = [start(0, tmp_path / "first"), start(1, tmp_path / "second")]
-    assert [job.wait(timeout=600) for job in machines] == [0, 0], \
-        [(tmp_path / folder / "output.txt").read_text()[-3000:] for folder in ("first", "second")]
+    with held_port() as port:
+        machines = [start(0, tmp_path / "first"), start(1, tmp_path / "second")]
+        assert [job.wait(timeout=600) for job in machines] == [0, 0], \
+            [(tmp_path / folder / "output.txt").read_text()[-3000:] for folder in ("first", "second")]
     logs = [(tmp_path / folder / "train_parallel" / f"worker_{rank}.log").read_text()
             for rank, folder in ((0, "first"), (1, "second"))]
     for rank, log in enumerate(logs):
@@ -403,9 +552,10 @@ def test_two_machines_train_as_one_job_and_a_lost_machine_is_named(digits, scrip
     assert FINAL in os.listdir(tmp_path / "first" / "train_parallel" / "ckpt_0")
     assert not (tmp_path / "second" / "train_parallel" / "ckpt_0").exists()
 
-    port = free_port()
-    machines = [start(0, tmp_path / "first2", "--epoch_size", 50), start(1, tmp_path / "second2", "--epoch_size", 50)]
-    wait_for(tmp_path / "second2" / "train_parallel" / "worker_1.log", "[rank 1] epoch: 1 step: 2,", machines[1])
+    with held_port() as port:
+        machines = [start(0, tmp_path / "first2", "--epoch_size", 50),
+                    start(1, tmp_path / "second2", "--epoch_size", 50)]
+        wait_for(tmp_path / "second2" / "train_parallel" / "worker_1.log", "[rank 1] epoch: 1 step: 2,", machines[1])
     lost = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True).stdout.split()
     for pid in lost:
         os.kill(int(pid), signal.SIGKILL)

@@ -106,7 +106,7 @@ def test_empty_class_folder(jpeg_tree, tmp_path):
     (["--width_mult", "0"], "key 'width_mult' must be > 0; got 0.0"),
     (["--epoch_size", "0"], "key 'epoch_size' must be >= 1; got 0"),
     (["--epoch_size", "2", "--warmup_epochs", "3"], r"warmup_epochs \(3\) is longer than training \(epoch_size 2\)"),
-    (["--sink_size", "0"], r"key 'sink_size' must be -1 \(the whole epoch\) or a number of steps >= 1; got 0"),
+    (["--sink_size", "0"], r"key 'sink_size' must be -1 \(sized for stop_seconds\) or a number of steps >= 1; got 0"),
     (["--sync_bn", "True", "--device_target", "GPU", "--run_distribute", "True"],
      r"key 'sync_bn' needs device_target Ascend and run_distribute true .*; got device_target GPU, run_distribute True"),
 ], ids=["unknown-key", "wrong-type", "batch-0", "negative-lr", "width-0", "epochs-0", "warmup-too-long", "sink-size-0",
@@ -176,9 +176,9 @@ def final_weights(out_dir, epochs, steps):
 
 
 def assert_same_weights(a, b):
+    """Every entry (weights, BN statistics, moments, EMA, step, LR, dropout counters) equal bit for bit."""
     assert a.keys() == b.keys()
-    worst = max(float(np.max(np.abs(a[k].astype(np.float64) - b[k]))) for k in a)
-    assert worst <= 1e-6, worst
+    assert [k for k in a if not np.array_equal(a[k], b[k])] == []
 
 
 @pytest.fixture(scope="module")
@@ -209,21 +209,11 @@ def uninterrupted(small_data, tmp_path_factory):
     return {"out": out, "log": proc.stdout}
 
 
-def start_training(out, small_data, log_path):
-    log = open(log_path, "w", encoding="utf-8")
+def start_training(out, small_data, log_path, env):
+    log = open(log_path, "w", encoding="utf-8")  # pylint: disable=consider-using-with
     return subprocess.Popen(command("train.py", *TINY, *V3, "--dataset_path", small_data,
                                     "--save_checkpoint_path", out), cwd=ROOT_DIR, stdout=log,
-                            stderr=subprocess.STDOUT, text=True)
-
-
-def wait_for_line(log_path, pattern, proc, timeout=300):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if re.search(pattern, open(log_path, encoding="utf-8").read(), re.MULTILINE):
-            return
-        assert proc.poll() is None, open(log_path, encoding="utf-8").read()[-3000:]
-        time.sleep(0.2)
-    raise AssertionError(f"no line matching {pattern!r} within {timeout} s")
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, **env})
 
 
 def loss_lines(log):
@@ -240,10 +230,13 @@ def test_same_seed_gives_same_loss_sequence(small_data, uninterrupted, tmp_path)
 
 
 @pytest.mark.slow
-def test_kill_9_during_epoch_2_then_resume_matches_uninterrupted(small_data, uninterrupted, tmp_path):
+def test_kill_9_during_epoch_2_then_resume_matches_uninterrupted(small_data, uninterrupted, tmp_path, hold):
+    """SIGKILL while held at epoch 2 step 4: only the epoch-1 checkpoint exists; the resumed run logs the
+    uninterrupted run's losses and ends bit-identical to it."""
     out, log_path = str(tmp_path / "out"), str(tmp_path / "train.log")
-    proc = start_training(out, small_data, log_path)
-    wait_for_line(log_path, r"^epoch: 2 step: 4,", proc)
+    held = hold(14)
+    proc = start_training(out, small_data, log_path, held.env)
+    held.wait(proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert os.listdir(os.path.join(out, "ckpt_0")) == ["mobilenet_v3_small-1_10.ckpt"]
@@ -260,20 +253,28 @@ def test_kill_9_during_epoch_2_then_resume_matches_uninterrupted(small_data, uni
 
 
 @pytest.mark.slow
-def test_sigterm_saves_at_the_current_step_and_resume_finishes_identically(small_data, uninterrupted, tmp_path):
+def test_sigterm_saves_at_the_current_step_and_resume_finishes_identically(small_data, uninterrupted, tmp_path, hold):
+    """SIGTERM while held at the end of epoch 2 step 3: the run stops at that step (Python runs the handler while
+    the stop callback waits), saves it and exits 143; the resumed run starts at step 4 and ends bit-identical to the
+    uninterrupted run."""
     out, log_path = str(tmp_path / "out"), str(tmp_path / "train.log")
-    proc = start_training(out, small_data, log_path)
-    wait_for_line(log_path, r"^epoch: 2 step: 3,", proc)
+    held = hold(13)
+    proc = start_training(out, small_data, log_path, held.env)
+    held.wait(proc)
+    sent = time.time()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    print(f"exited {time.time() - sent:.1f} s after SIGTERM")
     log = open(log_path, encoding="utf-8").read()
-    saved = re.search(r"stopped by SIGTERM at epoch 2 step (\d+): saved (\S+mobilenet_v3_small-2_\1\.ckpt); resume "
-                      r"with the same command plus --resume auto", log)
-    assert saved, log[-2000:]
+    checkpoint = os.path.join(out, "ckpt_0", "mobilenet_v3_small-2_3.ckpt")
+    assert re.search(rf"^stopped by SIGTERM at epoch 2 step 3 \(at most 1 steps and [\d.]+ s after the signal\): "
+                     rf"saved {re.escape(checkpoint)}; resume with the same command plus --resume auto$", log,
+                     re.MULTILINE), log[-2000:]
     resumed = run_script("train.py", *TINY, *V3, "--dataset_path", small_data, "--save_checkpoint_path", out,
                          "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resumed {saved.group(2)}: 1 epochs and {saved.group(1)} steps done" in resumed.stdout
+    assert f"resumed {checkpoint}: 1 epochs and 3 steps done" in resumed.stdout
+    assert loss_lines(resumed.stdout) == loss_lines(uninterrupted["log"])[13:]
     assert_same_weights(final_weights(out, 3, 10), final_weights(uninterrupted["out"], 3, 10))
 
 
@@ -295,14 +296,32 @@ def test_resume_auto_skips_truncated_newest_checkpoint(small_data, uninterrupted
 
 @pytest.mark.slow
 def test_divergence_stops_with_epoch_and_step_and_keeps_good_checkpoints(demo_data, tmp_path):
+    """2 steps per epoch; the learning rate 0 at the first step, then 5e29 (one epoch of warm-up to 1e30), 1e30, ...:
+    the first epoch ends with finite weights and is saved, a later step's loss (or the weights) becomes non-finite.
+    The error names that step, which the loss lines printed before it (every step is logged) confirm: the step after
+    the last finite loss, or that step itself when its update made the weights non-finite.  Every checkpoint of the
+    epochs before is kept and finite, and none after."""
     images = np.zeros((64, 32, 32, 3), np.uint8)
     data = tmp_path / "data"
     data.mkdir()
     (data / "data_batch_1.bin").write_bytes(cifar10_records(images, np.arange(64) % 10))
-    proc = run_script("train.py", *TINY, "--dataset_path", data, "--epoch_size", 3, "--lr_max", "1e30", "--run_eval", "False",
-                      "--save_checkpoint_path", tmp_path / "out", "--lr_decay_mode", "linear")
+    proc = run_script("train.py", *TINY, "--dataset_path", data, "--epoch_size", 3, "--lr_init", 0, "--lr_max", "1e30",
+                      "--warmup_epochs", 1, "--run_eval", "False", "--save_checkpoint_path", tmp_path / "out",
+                      "--lr_decay_mode", "linear")
     assert_user_error(proc, r"(loss is not finite|parameter \S+ is not finite) at epoch \d+ step \d+ "
                             r"\(global step \d+\): training diverged")
-    for name in os.listdir(tmp_path / "out" / "ckpt_0"):
+    error = re.search(r"(loss|parameter \S+) is not finite at epoch (\d+) step (\d+) \(global step (\d+)\)",
+                      proc.stderr)
+    epoch, step, global_step = (int(error.group(i)) for i in (2, 3, 4))
+    assert global_step == 2 * (epoch - 1) + step
+    logged = [(int(e), int(s), float(loss)) for e, s, loss in
+              re.findall(r"^epoch: (\d+) step: (\d+), loss is (\S+),", proc.stdout, re.MULTILINE)]
+    assert all(np.isfinite(loss) for _, _, loss in logged)
+    last = 2 * (logged[-1][0] - 1) + logged[-1][1]
+    assert global_step == (last if error.group(1) != "loss" else last + 1)
+    assert epoch >= 2  # so that a checkpoint was saved before the divergence
+    saved = sorted(os.listdir(tmp_path / "out" / "ckpt_0"))
+    assert saved == [f"mobilenet_v1-{e}_2.ckpt" for e in range(1, epoch)]
+    for name in saved:
         state = ms.load_checkpoint(str(tmp_path / "out" / "ckpt_0" / name))
         assert all(np.isfinite(p.asnumpy()).all() for p in state.values()), name

@@ -124,7 +124,14 @@ SCHEMA = {
     "run_distribute": _f("bool", False, "data-parallel training"),
     "sync_bn": _f("bool", False, "BatchNorm statistics synchronised over the ranks in training (Ascend)"),
     "dataset_sink_mode": _f("bool", True, "data sink on GPU and Ascend (CPU has none)"),
-    "sink_size": _f("int", -1, "steps per data sink, a divisor of the epoch's steps; -1 = the whole epoch", min=-1),
+    "sink_size": _f("int", -1, "steps per data sink, a divisor of the epoch's steps; -1 = sized for stop_seconds",
+                    min=-1),
+    "stop_seconds": _f("float", 10.0, "with data sink, the longest a stop (SIGTERM, Ctrl-C) may wait for the sink to "
+                       "end: sink_size -1 picks the largest divisor of the epoch that runs this long at step_seconds; "
+                       "0 = one sink per epoch", min=0),
+    "step_seconds": _f("float", 0.5, "expected seconds per training step with data sink (the log's per step time / "
+                       "1000); a run whose sinks take longer than stop_seconds says which step_seconds to set",
+                       min=0, min_exclusive=True),
     "device_num": _f("int", 1, "devices (taken from the group size when distributed)", min=1),
     # evaluation
     "checkpoint_path": _f("str", "", "checkpoint to evaluate"),
@@ -293,7 +300,8 @@ def validate(values: dict, source: str) -> None:
         if len(values[key]) != 2 or values[key][0] > values[key][1]:
             raise ConfigError(f"{source}: key '{key}' needs 2 values, low <= high; got {values[key]}")
     if values["sink_size"] == 0:
-        raise ConfigError(f"{source}: key 'sink_size' must be -1 (the whole epoch) or a number of steps >= 1; got 0")
+        raise ConfigError(f"{source}: key 'sink_size' must be -1 (sized for stop_seconds) or a number of steps >= 1; "
+                          f"got 0")
     if values["warmup_epochs"] > values["epoch_size"]:
         raise ConfigError(f"{source}: warmup_epochs ({values['warmup_epochs']:g}) is longer than training "
                           f"(epoch_size {values['epoch_size']})")

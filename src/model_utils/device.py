@@ -77,6 +77,7 @@ def init_distributed(config) -> tuple:
         return 0, 1
     from mindspore.communication import get_group_size, get_rank, init  # pylint: disable=import-outside-toplevel
     backend = COMM_BACKENDS[config.device_target]
+    stop_with_launcher()
     try:
         init(backend)
     except RuntimeError as err:
@@ -84,7 +85,6 @@ def init_distributed(config) -> tuple:
                         f"start every rank through msrun, mpirun or an Ascend rank table "
                         f"(scripts/run_distribute_train*.sh)") from err
     rank, group_size = get_rank(), get_group_size()
-    stop_with_launcher()
     config.device_num = group_size
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
                                  device_num=group_size)
