@@ -27,9 +27,6 @@ def main():
     log(f"global batch {config.batch_size * group_size} ({config.batch_size} per rank x {group_size} ranks), "
         f"lr_max {config.lr_max:g}")
     ckpt_dir = prepare_output(config.save_checkpoint_path, writer)
-    log(f"effective config ({config.source}):\n{config}")
-    if writer:
-        config.save(os.path.join(config.save_checkpoint_path, "config.yaml"))
 
     ds.config.set_fast_recovery(False)  # a resumed pipeline replays the same order AND augmentations
     train_ds = create_dataset(config, do_train=True, rank_id=rank, rank_size=group_size)
@@ -44,6 +41,9 @@ def main():
                 steps_per_epoch, config.lr_decay_mode, lr_power=config.lr_power,
                 step_epochs=config.lr_step_epochs, step_gamma=config.lr_step_gamma)
     precision = precision_settings(config)
+    if writer:  # after every decision that changes it (the device, the pre-trained model's card, the precision)
+        log(f"effective config ({config.source}):\n{config}")
+        config.save(os.path.join(config.save_checkpoint_path, "config.yaml"))
     optimizer = create_optimizer(net, lr, config.optimizer, config.momentum, config.weight_decay,
                                  precision.optimizer_loss_scale, config.rmsprop_decay, config.rmsprop_epsilon,
                                  config.ema_decay if config.ema else 0.0, config.ema_warmup, config.wd_depthwise)

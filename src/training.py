@@ -62,15 +62,16 @@ class Precision:
 
 def precision_settings(config) -> Precision:
     """The run's `Precision`.  CPU trains in float32: an amp level there falls back to O0 and a dynamic loss scale
-    to a fixed one, each with a warning (MindSpore refuses loss-scale update cells on CPU, `build_train_network`)."""
+    to a fixed one, each with a warning (MindSpore refuses loss-scale update cells on CPU, `build_train_network`);
+    `config` then says so (it is the record of what ran)."""
     amp_level, scale_type = config.amp_level, config.loss_scale_type
     if config.device_target == "CPU":
         if amp_level != "O0":
             warn(f"amp_level {amp_level} is for GPU and Ascend: training in float32 (O0) on CPU")
-            amp_level = "O0"
+            config.amp_level = amp_level = "O0"
         if scale_type == "dynamic":
             warn(f"loss_scale_type dynamic is for GPU and Ascend: a fixed loss scale of {config.loss_scale:g} on CPU")
-            scale_type = "fixed"
+            config.loss_scale_type = scale_type = "fixed"
     if scale_type == "dynamic":
         return Precision(amp_level, CountingDynamicLossScaleManager(config.loss_scale), 1.0)
     return Precision(amp_level, FixedLossScaleManager(config.loss_scale, drop_overflow_update=False), config.loss_scale)

@@ -240,3 +240,35 @@ def test_missing_pretrained_file_is_an_error(trained, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == f"ERROR: pre_trained checkpoint not found: {tmp_path / 'nope.ckpt'}"
     assert "Traceback" not in proc.stderr
+
+
+def test_saved_config_is_what_ran_and_rebuilds_the_network(tmp_path):
+    """train.py with mobilenetv3_config.yaml (MobileNetV3-small, GPU, amp O2) from a converted-like MobileNetV3-large
+    x0.75 checkpoint with BatchNorm eps 1e-5 on this CPU: the printed and saved config say what ran (the card's model,
+    width and epsilon, CPU, O0), and `--config_path OUTPUT/config.yaml` rebuilds the trained network without the
+    checkpoint."""
+    from src.checkpoint import build_network, save_checkpoint  # pylint: disable=import-outside-toplevel
+    from src.model_card import card_entries  # pylint: disable=import-outside-toplevel
+    from src.model_utils.config import get_config  # pylint: disable=import-outside-toplevel
+    from src.models import create_model  # pylint: disable=import-outside-toplevel
+    source = str(tmp_path / "large.ckpt")
+    save_checkpoint(create_model("mobilenet_v3_large", 1000, 0.75, bn_eps=1e-5), source,
+                    card_entries({"model": "mobilenet_v3_large", "width_mult": 0.75, "bn_eps": 1e-5, "class_num": 1000,
+                                  "dataset": "imagenet2012", "image_size": 224}))
+    images = np.stack([np.full((32, 32, 3), 25 * c, np.uint8) for c in range(10)] * 7)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "data_batch_1.bin").write_bytes(cifar10_records(images, np.arange(70) % 10))
+    out = tmp_path / "out"
+    proc = run_script("train.py", "--config_path", "mobilenetv3_config.yaml", "--dataset", "cifar10", "--dataset_path",
+                      data, "--class_num", 10, "--image_size", 32, "--batch_size", 32, "--epoch_size", 1,
+                      "--warmup_epochs", 0, "--pre_trained", source, "--save_checkpoint_path", out)
+    saved = get_config([], config_path=str(out / "config.yaml"))
+    assert (saved.model, saved.width_mult, saved.bn_eps, saved.device_target, saved.amp_level) == (
+        "mobilenet_v3_large", 0.75, 1e-5, "CPU", "O0")
+    assert "model: mobilenet_v3_large\nwidth_mult: 0.75" in proc.stdout.split("effective config")[1]
+    trained = ms.load_checkpoint(str(out / "ckpt_0" / "mobilenet_v3_large-1_2.ckpt"))
+    rebuilt, _ = build_network(saved)
+    assert {p.name: tuple(p.shape) for p in rebuilt.get_parameters()} == {
+        name: tuple(trained[name].shape) for name in (p.name for p in rebuilt.get_parameters())}
+    assert {cell.eps for _, cell in rebuilt.cells_and_names() if isinstance(cell, ms.nn.BatchNorm2d)} == {1e-5}

@@ -155,12 +155,12 @@ def test_msrun_job_ends_when_workers_fail_before_joining(demo_data, script_proce
 def test_config_path_variable_and_foreground_exit_status(demo_data, script_processes, tmp_path):
     # The MobileNetV3 config through CONFIG_PATH; the run fails after printing its config, and FOREGROUND=1 returns
     # train.py's exit status.
-    proc = script_processes.run("run_train_cpu.sh", "cifar10", demo_data["cifar10"], "--", "--batch_size", 5000,
+    proc = script_processes.run("run_train_cpu.sh", "cifar10", demo_data["cifar10"], "--", "--resume", "nope.ckpt",
                                 cwd=str(tmp_path), timeout=120, FOREGROUND="1", CONFIG_PATH="mobilenetv3_config.yaml")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert f"effective config ({ROOT_DIR}/mobilenetv3_config.yaml)" in proc.stdout
     assert "model: mobilenet_v3_small" in proc.stdout
-    assert "no full batch of 5000" in proc.stdout
+    assert "resume checkpoint not found: nope.ckpt" in proc.stdout
     assert f"ERROR: the run failed (exit status 2); log: {tmp_path}/train_cpu/log" in proc.stderr
 
 
