@@ -57,7 +57,10 @@ def main():
         net, card = build_network(config, config.checkpoint_path, "checkpoint_path")
         net.set_train(False)
     eval_ds = create_dataset(config, do_train=False, rank_id=rank, rank_size=group_size)
-    progress = TerminalProgress(eval_ds.get_dataset_size())
+    batches = eval_ds.get_dataset_size()
+    log(f"evaluating {config.model_file or config.checkpoint_path}: {batches} batches of up to {config.batch_size} "
+        f"images from {config.eval_dataset_path or config.dataset_path}")
+    progress = TerminalProgress(batches)
     with pipeline_errors_reported():
         if config.model_file:
             result, confusion = evaluate_exported(run_model, eval_ds, config.class_num, progress)

@@ -86,11 +86,13 @@ def main():
     callbacks = [TrainMonitor(progress, loss_fn, lr, config.batch_size * group_size, config.log_interval,
                               config.epoch_size, metrics_path, skipped_steps, optimizer,
                               config.stop_seconds if sink.enabled else 0.0)]
+    evaluation = None
     if eval_ds is not None:
         best_path = os.path.join(ckpt_dir, f"{config.model}_best.ckpt") if writer else ""
-        callbacks.insert(0, EvalMonitor(progress, model, eval_ds, net, config.eval_interval, best_path,
-                                        best_top1(best_path) if writer and checkpoint else -1.0, append=card,
-                                        optimizer=optimizer))
+        evaluation = EvalMonitor(progress, model, eval_ds, net, config.eval_interval, best_path,
+                                 best_top1(best_path) if writer and checkpoint else -1.0, append=card,
+                                 optimizer=optimizer)
+        callbacks.insert(0, evaluation)
     callbacks += [cb for cb in (saver, stop) if cb is not None]
     sinks = (f"data sink of {sink.steps} steps (a stop waits for a sink's end: ~{sink.steps * config.step_seconds:.3g} "
              f"s at step_seconds {config.step_seconds:g})" if sink.enabled else "no data sink")
@@ -108,7 +110,15 @@ def main():
             f"{saved}; resume with the same command plus --resume auto")
         barrier()  # every rank has said so before any exits (msrun kills the others when the first one exits)
         return 128 + getattr(signal, stop.signal_name)
-    log(f"training finished; checkpoints in {ckpt_dir}" if writer else "training finished")
+    if not writer:
+        log("training finished")
+        return 0
+    ranks = f" x {group_size} ranks" if group_size > 1 else ""
+    best = (f"best top-1 {evaluation.best_top1:.4f} ({os.path.basename(evaluation.best_path)})"
+            if evaluation is not None and evaluation.best_top1 >= 0 else "no evaluation (run_eval False)")
+    log(f"training finished: {config.model} x{config.width_mult:g}, {config.epoch_size} epochs on "
+        f"{config.device_target}{ranks}, {best}; outputs in {config.save_checkpoint_path} (ckpt_0/, metrics.csv, "
+        f"metrics.png, config.yaml)")
     return 0
 
 

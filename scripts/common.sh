@@ -14,6 +14,10 @@ if [ -x "$ROOT/.venv/bin/python" ]; then
 else
   PYTHON=python
 fi
+# MindSpore's own log: errors only (GLOG_v=3). Its warnings while ranks connect ("Failed to connect to the meta server",
+# "Topology build timed out, retry(n/1200)": the scheduler is not up yet, and ranks retry) are dozens of harmless lines
+# per run; GLOG_v=2 shows them again
+export GLOG_v="${GLOG_v:-3}"
 ARGS=()
 EXTRA=()
 DEVICE=()
@@ -80,8 +84,18 @@ device_args() {  # device_args TARGET DEVICE_ID: DEVICE = (--device_id DEVICE_ID
   fi
 }
 
-enter_run_dir() {  # enter_run_dir NAME: make <current folder>/NAME the run folder RUN_DIR and go there
-  RUN_DIR="$PWD/$1"
+enter_run_dir() {  # enter_run_dir NAME: make <current folder>/NAME the run folder RUN_DIR and go there. A folder that
+  # holds an earlier run is left as it is: a new run goes to NAME_2, NAME_3, ...; a resumed one (--resume among the
+  # arguments after `--`) continues in the newest of them
+  local newest=$1 next=2
+  while [ -e "$PWD/$1_$next" ]; do newest="$1_$next"; next=$((next + 1)); done
+  RUN_DIR="$PWD/$newest"
+  if [[ " ${EXTRA[*]} " == *" --resume "* ]]; then
+    if [ "$newest" != "$1" ]; then echo "resuming in the newest run folder: $RUN_DIR"; fi
+  elif [ -n "$(ls -A "$RUN_DIR" 2> /dev/null)" ]; then
+    RUN_DIR="$PWD/$1_$next"
+    echo "$PWD/$newest holds an earlier run (kept): this run goes to $RUN_DIR"
+  fi
   mkdir -p "$RUN_DIR"
   cd "$RUN_DIR"
 }
@@ -134,14 +148,15 @@ stopped_by() {  # stopped_by LOG...: the signal (e.g. SIGTERM) that stopped the 
 
 launch() {  # launch LOG COMMAND...: run COMMAND (a program or a function) with its output in LOG; RANK_LOGS: a
   # pattern of the ranks' own logs, where a stop on a signal shows
-  local log=$1 job viewer status=0 signal caught="" rank_logs
+  local log=$1 job viewer status=0 signal caught="" rank_logs summary
   shift
   : > "$log"
   "$@" > "$log" 2>&1 &
   job=$!
   if [ "${FOREGROUND:-0}" != 1 ]; then
     echo "started in the background (pid $job); log: $log"
-    return 0
+    wait_for_start "$log" "$job"
+    return
   fi
   echo "log: $log"
   tail -n +1 -f --pid="$job" "$log" &
@@ -170,6 +185,35 @@ launch() {  # launch LOG COMMAND...: run COMMAND (a program or a function) with 
       "saved; resume with the same command plus: -- --resume auto" >&2
   elif [ "$status" -ne 0 ]; then
     echo "ERROR: the run failed ($(describe_exit "$status")); log: $log" >&2
+  else  # its summary last, where MindSpore's own lines follow it in the log
+    summary=$(grep -a -h -E "training finished: |^(\[rank 0\] )?result: " "$log" "${rank_logs[@]}" | tail -n 1) || true
+    if [ -n "$summary" ] && [ "$summary" != "$(tail -n 1 "$log")" ]; then echo "$summary"; fi
+  fi
+  return "$status"
+}
+
+wait_for_start() {  # wait_for_start LOG JOB: a background run's first seconds, until its log says it started (train.py:
+  # "training ...", just before the first step; eval.py: "evaluating ...") or it ended (then its error and status),
+  # at most START_TIMEOUT seconds (default 120: a run waiting for the other machines of a cluster goes on alone)
+  local waited=0 status=0
+  while kill -0 "$2" 2> /dev/null && [ "$waited" -lt $((${START_TIMEOUT:-120} * 2)) ]; do
+    if grep -qa -E "^(\[rank [0-9]+\] )?(training |evaluating )" "$1"; then
+      echo "running; follow it with: tail -f $1"
+      return 0
+    fi
+    sleep 0.5
+    waited=$((waited + 1))
+  done
+  if kill -0 "$2" 2> /dev/null; then
+    echo "still starting after ${START_TIMEOUT:-120} s; follow it with: tail -f $1"
+    return 0
+  fi
+  wait "$2" || status=$?
+  if [ "$status" -ne 0 ]; then
+    grep -a -h "ERROR:" "$1" | sort -u | head -n 3 >&2 || true
+    echo "ERROR: the run failed at its start ($(describe_exit "$status")); log: $1" >&2
+  else
+    echo "finished; log: $1"
   fi
   return "$status"
 }

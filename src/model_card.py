@@ -60,7 +60,12 @@ def apply_card(config, card: dict, path: str, keys: Sequence[str]) -> None:
              f"the config's, dataset {config.dataset}; pass --dataset cifar10 or imagenet2012 as it was trained")
     taken = []
     for key in keys:
-        if key in card and key not in config.cli_keys and getattr(config, key) != card[key]:
+        if key not in card or getattr(config, key) == card[key]:
+            continue
+        if key in config.cli_keys:
+            warn(f"{path}: --{key} {getattr(config, key)} differs from its model card's {key} {card[key]}; the command "
+                 f"line's is used")
+        else:
             setattr(config, key, card[key])
             taken.append(f"{key}={card[key]}")
     if taken:

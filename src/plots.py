@@ -39,19 +39,30 @@ def _column(rows, key):
     return [p[0] for p in points], [p[1] for p in points]
 
 
+def run_labels(run_dirs) -> list:
+    """A label per run: its folder's name, with as many parent folders as it takes to tell runs of the same folder
+    name apart (e.g. a/train_cpu, b/train_cpu)."""
+    parts = [os.path.abspath(run).split(os.sep) for run in run_dirs]
+    depth = 1
+    while depth < max(len(p) for p in parts) and len({"/".join(p[-depth:]) for p in parts}) < len(parts):
+        depth += 1
+    return ["/".join(p[-depth:]) for p in parts]
+
+
 def plot_metrics(run_dirs, out_path: str) -> None:
-    """Loss, learning rate, top-1/top-5 and images/s per epoch of each run in `run_dirs`, overlaid, as one PNG."""
-    runs = [(os.path.basename(os.path.normpath(run)) or run, read_metrics(run)) for run in run_dirs]
+    """Loss, learning rate, top-1/top-5 and images/s per epoch of each run in `run_dirs`, overlaid, as one PNG: a run
+    keeps one colour in every panel; training and evaluation loss, top-1 and top-5 differ by line style."""
+    runs = [(name, read_metrics(run)) for name, run in zip(run_labels(run_dirs), run_dirs)]
     figure, axes = plt.subplots(2, 2, figsize=(11, 7))
     for axis, (title, columns) in zip(axes.flat, PANELS):
-        for name, rows in runs:
+        for index, (name, rows) in enumerate(runs):
             for key, label in columns:
                 epochs, values = _column(rows, key)
                 if epochs:
                     text = " ".join(part for part in (name if len(runs) > 1 else "", label) if part)
-                    axis.plot(epochs, values, marker="o" if len(epochs) < 30 else None, markersize=3,
-                              label=text or None, linestyle="--" if key == "eval_loss" or key == "top_5_accuracy"
-                              else "-")
+                    axis.plot(epochs, values, color=f"C{index % 10}", marker="o" if len(epochs) < 30 else None,
+                              markersize=3, label=text or None,
+                              linestyle="--" if key in ("eval_loss", "top_5_accuracy") else "-")
         axis.set_title(title)
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)

@@ -147,27 +147,28 @@ def test_predict_agrees_with_eval_and_with_the_exported_models(trained, tmp_path
         assert all(abs(exported[key] - value) < 1e-4 for key, value in reference.items())
 
 
-# matplotlib's first colours (its default cycle): the curves in the order a panel draws them
-CURVE_COLOURS = [(0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E), (0x2C, 0xA0, 0x2C), (0xD6, 0x27, 0x28)]
+# matplotlib's first colours (its default cycle): a run's colour, in the order the runs are given
+RUN_COLOURS = [(0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E), (0x2C, 0xA0, 0x2C), (0xD6, 0x27, 0x28)]
 
 
 def curve_extents(panel: np.ndarray) -> list:
-    """For each colour of `CURVE_COLOURS`: the fraction of the panel's width its pixels span (0 when absent)."""
+    """For each colour of `RUN_COLOURS`: the fraction of the panel's width its pixels span (0 when absent)."""
     extents = []
-    for colour in CURVE_COLOURS:
+    for colour in RUN_COLOURS:
         columns = np.nonzero((np.abs(panel[:, :, :3].astype(int) - colour) <= 12).all(axis=2).any(axis=0))[0]
         extents.append((columns[-1] - columns[0] + 1) / panel.shape[1] if columns.size else 0.0)
     return extents
 
 
 def test_plot_metrics_overlays_runs(trained, tmp_path):
-    """Two runs overlaid, as a user compares them: the run of this module and a copy whose every value differs. Each
-    of the four panels of the 1100x700 picture (loss, LR; accuracy, images/s) holds one curve per run and column,
-    each drawn across the panel (a legend's sample is short): loss and accuracy 2 x 2 curves, LR and images/s 2."""
+    """Two runs overlaid, as a user compares them: the run of this module and a copy in a folder of the same name
+    whose every value differs. Each of the four panels of the 1100x700 picture (loss, LR; accuracy, images/s) draws
+    each run across the panel (a legend's sample is short) in the run's own colour, the same in every panel; the
+    labels tell the two folders of one name apart; without --output the picture goes to the current folder."""
     with open(os.path.join(trained["out"], "metrics.csv"), newline="", encoding="utf-8") as src:
         rows = list(csv.DictReader(src))
-    other = tmp_path / "other"
-    other.mkdir()
+    other = tmp_path / "copy" / os.path.basename(trained["out"])
+    other.mkdir(parents=True)
     with open(other / "metrics.csv", "w", newline="", encoding="utf-8") as out:
         writer = csv.DictWriter(out, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -180,10 +181,18 @@ def test_plot_metrics_overlays_runs(trained, tmp_path):
     assert picture.shape == (700, 1100, 3)
     panels = {"loss": picture[:350, :550], "lr": picture[:350, 550:], "accuracy": picture[350:, :550],
               "images/s": picture[350:, 550:]}
-    for title, curves in (("loss", 4), ("lr", 2), ("accuracy", 4), ("images/s", 2)):
-        extents = curve_extents(panels[title])
-        assert all(extent > 0.5 for extent in extents[:curves]), (title, extents)
-        assert all(extent == 0 for extent in extents[curves:]), (title, extents)
+    for title, panel in panels.items():
+        extents = curve_extents(panel)
+        assert extents[0] > 0.5 and extents[1] > 0.5 and extents[2:] == [0.0, 0.0], (title, extents)
+    from src.plots import run_labels  # pylint: disable=import-outside-toplevel
+    name = os.path.basename(trained["out"])
+    assert run_labels([trained["out"], str(other)]) == [
+        f"{os.path.basename(os.path.dirname(trained['out']))}/{name}", f"copy/{name}"]
+    before = os.path.getmtime(os.path.join(trained["out"], "metrics.png"))
+    proc = subprocess.run([sys.executable, os.path.join(ROOT_DIR, "plot_metrics.py"), trained["out"]],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300, check=True)
+    assert f"wrote {name}_metrics.png" in proc.stdout and (tmp_path / f"{name}_metrics.png").is_file()
+    assert os.path.getmtime(os.path.join(trained["out"], "metrics.png")) == before  # the run's own is left alone
 
 
 def test_resume_continues_steps_lr_and_weights_exactly(trained, tmp_path):
@@ -272,3 +281,34 @@ def test_saved_config_is_what_ran_and_rebuilds_the_network(tmp_path):
     assert {p.name: tuple(p.shape) for p in rebuilt.get_parameters()} == {
         name: tuple(trained[name].shape) for name in (p.name for p in rebuilt.get_parameters())}
     assert {cell.eps for _, cell in rebuilt.cells_and_names() if isinstance(cell, ms.nn.BatchNorm2d)} == {1e-5}
+
+
+def test_exported_models_score_the_checkpoints_accuracy(trained, tmp_path):
+    """The zoo's inference step: export.py's MINDIR (batch 32: the last of the 360 test digits' batches is padded, the
+    padding not counted) and ONNX (batch 1) files scored by eval.py --model_file and by scripts/run_infer.sh, which
+    writes the seed's two acc.log lines in the current folder; the counts are exactly the checkpoint's."""
+    best = os.path.join(trained["out"], "ckpt_0", "mobilenet_v1_best.ckpt")
+    evaluated = run_script("eval.py", *FAST, "--dataset_path", trained["data"], "--checkpoint_path", best,
+                           "--result_file", tmp_path / "checkpoint.json")
+    reference = json.loads((tmp_path / "checkpoint.json").read_text())
+    assert "evaluating" in evaluated.stdout
+    for file_format, batch in (("MINDIR", 32), ("ONNX", 1)):
+        name = tmp_path / file_format.lower() / "net"
+        run_script("export.py", *FAST, "--ckpt_file", best, "--file_name", name, "--file_format", file_format,
+                   "--batch_size", batch)
+        model = f"{name}.{file_format.lower()}"
+        run_script("eval.py", *FAST, "--dataset_path", trained["data"], "--model_file", model,
+                   "--result_file", tmp_path / f"{file_format}.json", "--confusion_matrix", tmp_path / "c.png")
+        result = json.loads((tmp_path / f"{file_format}.json").read_text())
+        assert result["model"] == model
+        for key in ("top_1_accuracy", "top_5_accuracy"):  # counts of 360 images
+            assert round(result[key] * 360) == round(reference[key] * 360), (file_format, key)
+        assert result["loss"] == pytest.approx(reference["loss"], abs=1e-4)
+        assert [row["images"] for row in result["per_class"]] == [row["images"] for row in reference["per_class"]]
+        folder = tmp_path / f"infer_{file_format}"
+        folder.mkdir()
+        proc = subprocess.run(["bash", os.path.join(ROOT_DIR, "scripts", "run_infer.sh"), model, trained["data"]],
+                              cwd=folder, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert (folder / "acc.log").read_text() == (f"'top1 acc': {result['top_1_accuracy']}\n"
+                                                    f"'top5 acc': {result['top_5_accuracy']}\n")
