@@ -201,8 +201,8 @@ def test_convert_weights_writes_a_checkpoint_that_eval_and_export_take_as_it_is(
     result = run_script("export.py", "--config_path", "default_config.yaml", "--ckpt_file", out, "--file_name",
                         str(tmp_path / "converted"), "--file_format", "MINDIR", "--image_size", "64")
     assert result.returncode == 0, result.stderr
-    assert ("model=mobilenet_v3_small, width_mult=0.75, bn_eps=1e-05, eval_resize=256, interpolation=bicubic, "
-            "image_mean=[0.5, 0.5, 0.5] from its model card") in result.stdout
+    assert ("model=mobilenet_v3_small, width_mult=0.75, bn_eps=1e-05, dataset=imagenet2012, eval_resize=256, "
+            "interpolation=bicubic, image_mean=[0.5, 0.5, 0.5] from its model card") in result.stdout
     assert "max abs difference from the checkpoint's network 0\n" in result.stdout
     with open(tmp_path / "converted.json", encoding="utf-8") as src:
         assert json.load(src)["bn_eps"] == 1e-5

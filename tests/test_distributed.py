@@ -101,6 +101,17 @@ def test_both_ranks_finish_with_identical_weights(parallel_run):
     assert not different, different
 
 
+def test_the_output_prints_the_config_once_and_ends_on_the_summary(parallel_run):
+    """Rank 0 alone prints the effective config; MindSpore's warnings while the ranks connect are not shown
+    (GLOG_v=3); the launcher's last line is rank 0's summary."""
+    output = parallel_run["output"]
+    assert output.count("effective config (") == 1 and "[rank 0] effective config (" in output
+    assert "Failed to connect to the meta server" not in output and "[WARNING] DISTRIBUTED" not in output
+    assert re.fullmatch(rf"\[rank 0\] training finished: mobilenet_v1 x0.25, {EPOCHS} epochs on CPU x 2 ranks, best "
+                        rf"top-1 [\d.]+ \(mobilenet_v1_best.ckpt\); outputs in {re.escape(str(parallel_run['dir']))} "
+                        rf"\(ckpt_0/, metrics.csv, metrics.png, config.yaml\)", output.strip().splitlines()[-1])
+
+
 def test_only_rank_zero_writes_checkpoints_config_and_metrics(parallel_run):
     run_dir = parallel_run["dir"]
     assert sorted(name for name in os.listdir(run_dir) if not name.endswith(".log")) == \

@@ -197,3 +197,26 @@ def test_standalone_cpu_training_in_its_run_folder(demo_data, untrained_checkpoi
     config = (run_dir / "config.yaml").read_text()
     assert f"pre_trained: {untrained_checkpoint}\n" in config and f"dataset_path: {demo_data['cifar10']}\n" in config
     assert sorted(os.listdir(run_dir / "ckpt_0")) == [f"mobilenet_v1-1_{1437 // 16}.ckpt"]
+
+
+def test_a_background_run_that_fails_at_its_start_says_why(demo_data, untrained_checkpoint, script_processes, tmp_path):
+    """A mistake found in the run's first seconds (here a class count the data does not have) is printed by the
+    background launcher, which exits with the run's status instead of 0."""
+    proc = script_processes.run("run_train_cpu.sh", "cifar10", demo_data["cifar10"], "--", *TINY, "--class_num", 5,
+                                cwd=str(tmp_path), timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "record 1 has label 9; expected labels 0..4 (class_num is 5)" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (f"ERROR: the run failed at its start (exit status 2); log: "
+                                                    f"{tmp_path}/train_cpu/log")
+
+
+def test_a_rerun_keeps_the_earlier_run_folder(demo_data, untrained_checkpoint, script_processes, tmp_path):
+    """Evaluating twice in one folder: the second run goes to eval_2 and says so; the first run's log is kept."""
+    for attempt in (1, 2):
+        proc = script_processes.run("run_eval_cpu.sh", "cifar10", demo_data["cifar10"], untrained_checkpoint,
+                                    "--", *TINY, cwd=str(tmp_path), timeout=300, FOREGROUND="1")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert proc.stdout.strip().splitlines()[-1].startswith("result: {'top_1_accuracy': ")
+    assert f"{tmp_path}/eval holds an earlier run (kept): this run goes to {tmp_path}/eval_2" in proc.stdout
+    assert sorted(os.listdir(tmp_path)) == ["eval", "eval_2"]
+    assert "result: " in (tmp_path / "eval" / "log").read_text()
