@@ -176,7 +176,8 @@ def test_eval_runs_in_the_background_by_default(demo_data, untrained_checkpoint,
                                 "--", *TINY, cwd=str(tmp_path), timeout=60)
     assert proc.returncode == 0, proc.stderr
     log = tmp_path / "eval" / "log"
-    assert re.fullmatch(rf"started in the background \(pid \d+\); log: {log}\n", proc.stdout)
+    assert re.fullmatch(rf"started in the background \(pid \d+\); log: {log}\n"
+                        rf"(running; follow it with: tail -f {log}|finished; log: {log})\n", proc.stdout)
     deadline = time.time() + 180
     while script_processes.pids() and time.time() < deadline:
         time.sleep(0.5)
