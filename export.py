@@ -19,14 +19,37 @@ from src.model_utils.cli import log, run
 from src.model_utils.config import get_config
 from src.model_utils.device import setup_device, target_available
 from src.model_card import make_card
+from src.dataset import calibration_images
 from src.onnx_graph import OPSET, optimize_file
+from src.quantize import quantize_int8
 from src.predict import exported_model
 
 EXTENSIONS = {"MINDIR": ".mindir", "AIR": ".air", "ONNX": ".onnx"}
 
 
+def quantized(config, path: str, batch: int) -> None:
+    """Replace the float32 ONNX file `path` by its int8 form (`src.quantize`), calibrated on `calibration_images`
+    training images of `dataset_path`, prepared as the model's evaluation transform prepares them."""
+    if not config.dataset_path:
+        raise UserError("quantize int8 calibrates on training images: give --dataset_path (the training data)")
+    if (config.height or config.image_size, config.width or config.image_size) != (config.image_size,) * 2:
+        raise UserError(f"quantize int8 calibrates at image_size {config.image_size}: export at that size (no "
+                        f"--height / --width)")
+    images = calibration_images(config, max(config.calibration_images, batch))
+    fp32 = path[:-len(".onnx")] + ".float32.onnx"
+    os.replace(path, fp32)
+    try:
+        quantize_int8(fp32, path, images, config.calibration_method)
+    finally:
+        os.remove(fp32)
+    log(f"quantized {path} to int8 (QDQ, per-channel weights; activations calibrated on {len(images)} training images "
+        f"of {config.dataset_path}, {config.calibration_method})")
+
+
 def main():
     config = get_config(description=__doc__)
+    if config.quantize and config.file_format != "ONNX":
+        raise UserError(f"quantize {config.quantize} is for --file_format ONNX (got {config.file_format})")
     if config.file_format == "AIR":  # compiled for the device by Ascend's graph engine (`_save_air`, serialization.py)
         if config.device_target != "Ascend":
             raise UserError(f"file_format AIR needs --device_target Ascend (got {config.device_target}): Ascend's "
@@ -54,12 +77,16 @@ def main():
                     output_names=["logits"])
         counts = optimize_file(config.file_name + ".onnx")
         log(f"ONNX graph for ONNX Runtime (opset {OPSET}): " + ", ".join(f"{n} {what}" for what, n in counts.items()))
+        if config.quantize:
+            quantized(config, config.file_name + ".onnx", batch)
     else:
         ms.export(net, ms.Tensor(inputs), file_name=config.file_name, file_format=config.file_format)
     path = config.file_name + EXTENSIONS[config.file_format]
     with open(config.file_name + ".json", "w", encoding="utf-8") as out:
+        quantization = {"quantize": config.quantize, "calibration_images": config.calibration_images,
+                        "calibration_method": config.calibration_method} if config.quantize else {}
         json.dump({**make_card(config, card.get("class_names"), card.get("source", "")),
-                   "input_shape": list(inputs.shape)}, out, indent=1)
+                   "input_shape": list(inputs.shape), **quantization}, out, indent=1)
     deprecated = "; MindSpore deprecates AIR and will remove it: prefer MINDIR" if config.file_format == "AIR" else ""
     log(f"exported {path} ({config.file_format}, input {batch}x3x{height}x{width}, from {checkpoint}){deprecated}")
     if config.file_format == "AIR":

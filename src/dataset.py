@@ -91,6 +91,21 @@ def create_dataset(config, do_train: bool, rank_id: int = 0, rank_size: int = 1)
     return data
 
 
+def calibration_images(config, count: int) -> np.ndarray:
+    """The first `count` training images of the seeded training shuffle, prepared by the evaluation transform, as one
+    float32 NCHW array: what post-training quantization calibrates on (images like those the model will see, none of
+    the evaluation set)."""
+    key, path = _data_path(config, do_train=True)
+    workers = max(1, min(config.num_parallel_workers, os.cpu_count() or 1))
+    ds.config.set_seed(config.seed)
+    if config.dataset == "cifar10":
+        data = _cifar10_source(config, key, path, True, 0, 1)
+    else:
+        data = _image_folder_source(config, key, path, True, 0, 1, workers, decode=True)
+    data = data.map(eval_transforms(config), input_columns="image", num_parallel_workers=workers).take(count)
+    return np.stack([row["image"] for row in data.create_dict_iterator(num_epochs=1, output_numpy=True)])
+
+
 def mixing_batches(config) -> list:
     """Batch operations mixing images and their one-hot labels (MindSpore's `MixUpBatch` and `CutMixBatch`): with
     probability `mixup_prob` a batch is mixed, by CutMix with probability `mixup_switch_prob` (in steps of 0.05,

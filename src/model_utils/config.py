@@ -148,6 +148,12 @@ SCHEMA = {
     "file_format": _f("str", "MINDIR", "export format", choices=("MINDIR", "AIR", "ONNX")),
     "width": _f("int", 0, "export input width; 0 = image_size", min=0),
     "height": _f("int", 0, "export input height; 0 = image_size", min=0),
+    "quantize": _f("str", "", "export.py, ONNX: int8 writes a statically quantized model (QDQ, int8 weights per "
+                   "channel, int8 activations calibrated on training images of dataset_path); empty = float32",
+                   choices=("", "int8")),
+    "calibration_images": _f("int", 256, "quantize int8: training images whose activations set the scales", min=1),
+    "calibration_method": _f("str", "minmax", "quantize int8: how the scales are set from them",
+                             choices=("minmax", "entropy", "percentile")),
 }
 
 _TRUE = {"true", "1", "yes", "on"}
