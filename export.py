@@ -42,8 +42,8 @@ def quantized(config, path: str, batch: int) -> None:
         quantize_int8(fp32, path, images, config.calibration_method)
     finally:
         os.remove(fp32)
-    log(f"quantized {path} to int8 (QDQ, per-channel weights; activations calibrated on {len(images)} training images "
-        f"of {config.dataset_path}, {config.calibration_method})")
+    log(f"quantized {path} to int8 (QDQ, per-channel weights; uint8 activations calibrated on {len(images)} training "
+        f"images of {config.dataset_path}, {config.calibration_method})")
 
 
 def main():

@@ -328,7 +328,7 @@ def test_int8_onnx_is_smaller_and_keeps_the_checkpoints_accuracy(trained, tmp_pa
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
     assert os.path.getsize(tmp_path / "netint8.onnx") < 0.4 * os.path.getsize(tmp_path / "net.onnx")
     card = json.loads((tmp_path / "netint8.json").read_text())
-    assert (card["quantize"], card["calibration_images"], card["calibration_method"]) == ("int8", 128, "minmax")
+    assert (card["quantize"], card["calibration_images"], card["calibration_method"]) == ("int8", 128, "percentile")
     scores = {}
     for source in ("--checkpoint_path", "--model_file"):
         model = best if source == "--checkpoint_path" else tmp_path / "netint8.onnx"
