@@ -134,6 +134,16 @@ def script_processes():
     processes.kill_all()
 
 
+@pytest.fixture(autouse=True)
+def restore_execution_mode():
+    """MindSpore's execution mode is process-wide: a test (or an entry script's `main()` run in-process) that sets
+    GRAPH_MODE would otherwise hand it to the next test of the same worker, where a lambda under `ms.grad` no longer
+    parses."""
+    previous = ms.get_context("mode")
+    yield
+    ms.set_context(mode=previous)
+
+
 @pytest.fixture
 def mode(request):
     """MindSpore's execution mode set to the test's parameter (use with indirect=True); restored afterwards."""
