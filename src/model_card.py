@@ -1,6 +1,6 @@
 """The model card: what a checkpoint holds, saved inside it as one entry (JSON text as a uint8 tensor, so that every
 reader of checkpoint entries sees tensors only), so that a checkpoint alone
-says which network to build (model, width, BatchNorm epsilon), how its images were evaluated (size, resize,
+says which network to build (model, width, BatchNorm epsilon, the options other sources' networks need), how its images were evaluated (size, resize,
 interpolation) and the names of its classes.  Training writes it into every checkpoint; `convert_weights.py` writes
 the source's settings; `eval.py`, `predict.py`, `export.py` and `train.py --pre_trained` take them from it."""
 import json
@@ -15,7 +15,7 @@ from src.model_utils.cli import log
 
 CARD_ENTRY = "model_card"
 # what the network computes: a checkpoint's weights only reproduce their results with these
-ARCHITECTURE_KEYS = ("model", "width_mult", "bn_eps")
+ARCHITECTURE_KEYS = ("model", "width_mult", "bn_eps", "padding", "activation", "head_width", "head_bias")
 # how its images are prepared and what its outputs mean
 EVALUATION_KEYS = ("class_num", "image_size", "eval_resize", "interpolation", "image_mean", "image_std")
 IMAGENET_CLASSES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "imagenet_classes.txt")
