@@ -107,8 +107,8 @@ def main():
         given = [f"--{key}" for key in ("source", "model", "width_mult", "class_num", "eval_resize", "image_mean",
                                         "image_std") if getattr(args, key)]
         if given:
-            raise UserError(f"--to writes the checkpoint --input as it is: {', '.join(given)} only apply when "
-                            f"converting another source's weights into this repository's")
+            raise UserError(f"--to writes the checkpoint --input as it is; {', '.join(given)}: for converting "
+                            f"another source's weights into this repository's")
         to_source(args)
     else:
         from_source(args)

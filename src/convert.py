@@ -36,9 +36,10 @@ TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 EVAL_TRANSFORM = {"eval_resize": 256, "interpolation": "bilinear", "image_mean": IMAGENET_MEAN,
                   "image_std": IMAGENET_STD}
-# timm's MobileNetV1 weights (mobilenetv1_100.ra4_e3600_r224_in1k, the only ones) were measured with crop_pct 0.95
-# and mean = std = 0.5; its MobileNetV3 ones (lamb_in1k, ra_in1k) with crop_pct 0.875 and ImageNet's statistics
-TIMM_V1_TRANSFORM = {"eval_resize": 235, "interpolation": "bicubic", "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+# timm's MobileNetV1 weights (mobilenetv1_100.ra4_e3600_r224_in1k, the only ones) at 224 with crop_pct 0.875 (its
+# pretrained_cfg; 0.95 is its test_crop_pct at 256) and mean = std = 0.5; its MobileNetV3 ones (lamb_in1k, ra_in1k)
+# with crop_pct 0.875 and ImageNet's statistics
+TIMM_V1_TRANSFORM = {"eval_resize": 256, "interpolation": "bicubic", "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
 # TensorFlow's MobileNetV3 weights as timm ported them (tf_mobilenetv3_*.in1k): crop_pct 0.875, bilinear, inputs
 # scaled to -1..1 (timm's IMAGENET_INCEPTION_MEAN / _STD)
 TF_TRANSFORM = {"eval_resize": 256, "interpolation": "bilinear", "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
@@ -143,7 +144,7 @@ SOURCES = (
                     "mobilenet_v3_large": {"head_bias": False}},
            unlabelled_output=1000, export_names=_zoo_names,
            export_widths={model: (1.0,) for model in MODELS}, dense_as_conv=("mobilenet_v3_small", "mobilenet_v3_large")),
-    Source("mindcv", "mindcv", lambda names: "features.1.moving_mean" in names,
+    Source("mindcv", "mindcv", lambda names: "features.1.moving_mean" in names and "output.weight" not in names,
            orders=(("features", "classifier"), ("layers",), ("conv_reduce", "conv_expand")), bn_eps=1e-5,
            options={"mobilenet_v1": {"activation": "relu"}, "mobilenet_v3_small": {"padding": "same_depthwise"},
                     "mobilenet_v3_large": {"padding": "same_depthwise"}},
@@ -259,15 +260,21 @@ def recognise(tensors: dict, path: str, source_key: str = "", hub_source: str = 
         raise UserError(f"{path}: --source says {source_key}, the config.json beside it {hub_source}")
     chosen = by_key.get(source_key or hub_source)
     if chosen is None and len(fitting) > 1:
-        raise UserError(f"{path}: its tensor names and shapes are those of {' and of '.join(s.name for s in fitting)}, "
-                        f"which compute differently (TensorFlow's pad 'same' and use BatchNorm epsilon 1e-3): put the "
-                        f"hub folder's config.json beside the file or name the source with "
+        raise UserError(f"{path}: its tensor names and shapes are those of "
+                        f"{' and of '.join(f'{s.name} ({_computes(s)})' for s in fitting)}: put the hub folder's "
+                        f"config.json beside the file or name the source with "
                         f"{' or '.join('--source ' + s.key for s in fitting)}")
     source = chosen or fitting[0]
     reason = source.refuse(names, tensors)
     if reason:
         raise UserError(f"{path}: cannot convert ({source.name}): {reason}")
     return source
+
+
+def _computes(source: Source) -> str:
+    """What `source`'s networks compute beyond their weights: its BatchNorm epsilon and model options."""
+    options = {key: value for options in source.options.values() for key, value in options.items()}
+    return ", ".join([f"BatchNorm eps {source.bn_eps:g}"] + [f"{key} {value}" for key, value in options.items()])
 
 
 def source_layers(tensors: dict, source: Source) -> list:
