@@ -1,4 +1,4 @@
-"""Convert ImageNet weights of timm, torchvision, the MindSpore model zoo or mindcv into a checkpoint of this repository:
+"""Convert ImageNet weights of timm, torchvision, the MindSpore model zoo or mindcv into a checkpoint of ours:
 python convert_weights.py --input mobilenetv3_large_100/model.safetensors --output mobilenet_v3_large_timm.ckpt
 
 The model, width and class count are recognised from the tensor names and shapes (--model / --width_mult narrow the

@@ -45,7 +45,8 @@ TIMM_V1_TRANSFORM = {"eval_resize": 256, "interpolation": "bicubic", "image_mean
 TF_TRANSFORM = {"eval_resize": 256, "interpolation": "bilinear", "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
 # torchvision's weight files carry their tag in the name; the ones measured otherwise than resize 256
 TORCHVISION_TRANSFORMS = {"mobilenet_v3_large-5c1a4163.pth": {"eval_resize": 232}}  # IMAGENET1K_V2
-# timm architectures (a hub folder's config.json) that are ours: (tf_)mobilenetv3_<small|large>_<075|100>, mobilenetv1_100
+# timm's architectures (a hub folder's config.json) that are ours: (tf_)mobilenetv3_<small|large>_<075|100>,
+# mobilenetv1_100
 TIMM_ARCHITECTURE = re.compile(r"(?P<tf>tf_)?mobilenetv(?P<version>3_small|3_large|1)_(?P<width>075|100)")
 UNLABELLED = "(unlabelled)"  # the class name of an output the source's training data never labels
 TIMM_ORDERS = (("conv_stem", "bn1", "blocks", "conv_head", "classifier"),
@@ -143,7 +144,8 @@ SOURCES = (
            options={"mobilenet_v1": {"padding": "same"}, "mobilenet_v3_small": {"head_width": 1280, "head_bias": False},
                     "mobilenet_v3_large": {"head_bias": False}},
            unlabelled_output=1000, export_names=_zoo_names,
-           export_widths={model: (1.0,) for model in MODELS}, dense_as_conv=("mobilenet_v3_small", "mobilenet_v3_large")),
+           export_widths={model: (1.0,) for model in MODELS},
+           dense_as_conv=("mobilenet_v3_small", "mobilenet_v3_large")),
     Source("mindcv", "mindcv", lambda names: "features.1.moving_mean" in names and "output.weight" not in names,
            orders=(("features", "classifier"), ("layers",), ("conv_reduce", "conv_expand")), bn_eps=1e-5,
            options={"mobilenet_v1": {"activation": "relu"}, "mobilenet_v3_small": {"padding": "same_depthwise"},
@@ -249,8 +251,8 @@ def recognise(tensors: dict, path: str, source_key: str = "", hub_source: str = 
     names = set(tensors)
     fitting = [source for source in SOURCES if source.recognise(names)]
     if not fitting:
-        raise UserError(f"{path}: not a MobileNet of timm, torchvision, mindcv or the MindSpore model zoo (first tensor "
-                        f"'{sorted(names)[0] if names else '(none)'}'); expected one of those weight files")
+        raise UserError(f"{path}: not a MobileNet of timm, torchvision, mindcv or the MindSpore model zoo (first "
+                        f"tensor '{sorted(names)[0] if names else '(none)'}'); expected one of those weight files")
     by_key = {source.key: source for source in fitting}
     for given, what in ((source_key, "--source"), (hub_source, "the config.json beside it")):
         if given and given not in by_key:

@@ -1,7 +1,7 @@
 """The model card: what a checkpoint holds, saved inside it as one entry (JSON text as a uint8 tensor, so that every
 reader of checkpoint entries sees tensors only), so that a checkpoint alone
-says which network to build (model, width, BatchNorm epsilon, the options other sources' networks need), how its images were evaluated (size, resize,
-interpolation) and the names of its classes.  Training writes it into every checkpoint; `convert_weights.py` writes
+says which network to build (model, width, BatchNorm epsilon, the options other sources' networks need), how its
+images were evaluated (size, resize, interpolation) and the names of its classes.  Training writes it into every checkpoint; `convert_weights.py` writes
 the source's settings; `eval.py`, `predict.py`, `export.py` and `train.py --pre_trained` take them from it."""
 import json
 import os

@@ -1,4 +1,4 @@
-"""convert_weights.py: the weights of timm (PyTorch-style and TensorFlow's), torchvision, the model zoo and mindcv become
+"""convert_weights.py: the weights of timm (PyTorch-style and TensorFlow's), torchvision, the model zoo and mindcv make
 our checkpoints with the source's logits, each with the model options its network needs; ours go back to the MindSpore
 sources' own networks with their logits.  Fixtures: tests/fixtures/make_pretrained_fixtures.py (manifests of the real
 source models and their logits; the weights are rebuilt here and written in the source's file format, so no torch or
@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from src.checkpoint import read_checkpoint
+from src.checkpoint import build_network, read_checkpoint, save_checkpoint
 from src.convert import (SOURCES, UNLABELLED, class_names, convert, evaluation_transform, export_weights, hub_config,
                          hub_model, read_weights, recognise)
 from src.errors import UserError
 from src.kernels.lowering import lower_for_cpu
-from src.model_card import ARCHITECTURE_KEYS, imagenet_class_names, read_card
+from src.model_card import ARCHITECTURE_KEYS, card_entries, imagenet_class_names, read_card
+from src.model_utils.config import get_config
 from src.models import PAPER_OPTIONS, create_model
 from tests.fixtures.make_pretrained_fixtures import digest, fixture_input, our_network, synthetic_weights
 from tests.test_reliability import assert_user_error, run_script
@@ -149,6 +150,23 @@ def test_the_batchnorm_epsilon_is_what_makes_timm_weights_exact(tmp_path):
     wrong_eps = create_model("mobilenet_v3_small", 10, 1.0)  # bn_eps 1e-3
     ms.load_param_into_net(wrong_eps, {p.name: p for p in net.get_parameters()})
     assert relative_error(logits_of(wrong_eps), np.array(manifest(name)["logits"])) > 1e-2
+
+
+def test_the_model_card_rebuilds_a_sources_network_without_keys_on_the_command_line(tmp_path):
+    """The zoo's MobileNetV3-small (a 1280-wide head without bias) converted: under the default config (MobileNetV1)
+    build_network, as eval/predict/export call it, builds the source's network from the card and gives its logits;
+    fine-tuning with another class count keeps that network and replaces the classifier only."""
+    name = "zoo_mobilenet_v3_small"
+    net, architecture, _ = convert_file(write_source_file(name, str(tmp_path)))
+    path = str(tmp_path / "converted.ckpt")
+    save_checkpoint(net, path, card_entries(architecture))
+    config = get_config([])
+    built, _ = build_network(config, path)
+    assert {key: getattr(config, key) for key in architecture} == architecture
+    assert relative_error(logits_of(built), np.array(manifest(name)["logits"])) < 1e-4
+    fine_tune = get_config(["--class_num", "3"])
+    tuned, _ = build_network(fine_tune, path, fine_tune=True)
+    assert (tuned.head[0].out_channels, tuned.head[0].has_bias, tuned.classifier.out_channels) == (1280, False, 3)
 
 
 def test_timm_tensorflow_weights_are_never_taken_for_the_pytorch_style_ones(tmp_path):
