@@ -310,7 +310,7 @@ class TwoOps(nn.Cell):
 
 @pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], indirect=True)
 @pytest.mark.parametrize("depthwise_activation,activation,stride", [
-    ("relu6", "relu6", 1), ("relu6", "relu6", 2), ("relu", None, 2), ("hswish", "shortcut", 1)])
+    ("relu6", "relu6", 1), ("relu6", "relu6", 2), ("relu", "relu", 2), ("relu", None, 2), ("hswish", "shortcut", 1)])
 def test_depthwise_and_pointwise_in_one_op_equal_the_two_layers(mode, depthwise_activation, activation, stride):
     """A depthwise and a 1x1 conv -> BatchNorm -> activation (or linear + shortcut: an inverted residual block) in
     inference as one C++ op equal the two layers' own kernels bit for bit and the built-in operators to 1e-5 (output,
@@ -338,6 +338,19 @@ def test_depthwise_and_pointwise_in_one_op_equal_the_two_layers(mode, depthwise_
         x = random_input(*shape, seed=seed)
         np.testing.assert_array_equal(fast(x).asnumpy(), two_ops(x).asnumpy())
         assert_close(output_and_grads(fast, x), output_and_grads(standard, x))
+
+
+@pytest.mark.parametrize("name,options,standard", [
+    ("mobilenet_v1", {}, 0), ("mobilenet_v1", {"activation": "relu"}, 0), ("mobilenet_v1", {"padding": "same"}, 5),
+    ("mobilenet_v3_small", {"padding": "same_depthwise"}, 4), ("mobilenet_v3_small", {"padding": "same"}, 5),
+    ("mobilenet_v3_large", {"padding": "same_depthwise"}, 4), ("mobilenet_v3_large", {"head_bias": False}, 0)])
+def test_what_the_kernels_take_of_the_model_options(name, options, standard):
+    """The kernels take every conv -> BatchNorm -> activation of the papers' networks and of the options but the
+    convolutions padded "same" at stride 2 (the stem and the strided depthwise ones), which stay MindSpore's."""
+    net = lower_for_cpu(create_model(name, 10, **options))
+    left = [cell for _, cell in net.cells_and_names() if type(cell) is nn.SequentialCell and cell.cell_list
+            and type(cell[0]) is nn.Conv2d]
+    assert len(left) == standard and all(cell[0].pad_mode == "same" and cell[0].stride == (2, 2) for cell in left)
 
 
 # ---- a training checkpoint of the code before the separation resumes exactly ----

@@ -37,8 +37,9 @@ def pointwise_residual_op():
 
 
 # (depthwise activation, pointwise activation or "residual") pairs the kernel library exports, for any stride (the
-# shortcut: stride 1 only): MobileNetV1's blocks and MobileNetV3's blocks without squeeze-excite.
-SEPARABLE = {("relu6", "relu6"), ("relu", None), ("hswish", None), ("relu", "residual"), ("hswish", "residual")}
+# shortcut: stride 1 only): MobileNetV1's blocks (mindcv's with ReLU) and MobileNetV3's blocks without squeeze-excite.
+SEPARABLE = {("relu6", "relu6"), ("relu", "relu"), ("relu", None), ("hswish", None), ("relu", "residual"),
+             ("hswish", "residual")}
 
 
 def depthwise_pointwise_op(stride, depthwise_activation, activation):

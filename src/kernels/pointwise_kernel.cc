@@ -83,10 +83,12 @@ AOT_EXPORT(PointwiseReLU, Pointwise<ReLU, false>)
 AOT_EXPORT(PointwiseReLU6, Pointwise<ReLU6, false>)
 AOT_EXPORT(PointwiseHSwish, Pointwise<HSwish, false>)
 AOT_EXPORT(PointwiseResidual, Pointwise<Identity, true>)
-// MobileNetV1's blocks (ReLU6 twice) and MobileNetV3's blocks without squeeze-excite (ReLU or h-swish, then the
-// linear projection, with the shortcut at stride 1 when the shapes match).
+// MobileNetV1's blocks (ReLU6 twice; ReLU twice in mindcv's) and MobileNetV3's blocks without squeeze-excite (ReLU or
+// h-swish, then the linear projection, with the shortcut at stride 1 when the shapes match).
 AOT_EXPORT(SeparableReLU6ReLU6S1, DepthwisePointwise<1, ReLU6, ReLU6, false>)
 AOT_EXPORT(SeparableReLU6ReLU6S2, DepthwisePointwise<2, ReLU6, ReLU6, false>)
+AOT_EXPORT(SeparableReLUReLUS1, DepthwisePointwise<1, ReLU, ReLU, false>)
+AOT_EXPORT(SeparableReLUReLUS2, DepthwisePointwise<2, ReLU, ReLU, false>)
 AOT_EXPORT(SeparableReLUIdentityS1, DepthwisePointwise<1, ReLU, Identity, false>)
 AOT_EXPORT(SeparableReLUIdentityS2, DepthwisePointwise<2, ReLU, Identity, false>)
 AOT_EXPORT(SeparableHSwishIdentityS1, DepthwisePointwise<1, HSwish, Identity, false>)
