@@ -23,6 +23,7 @@ import numpy as np
 
 from src.checkpoint import read_checkpoint
 from src.errors import UserError
+from src.model_card import imagenet_class_names
 from src.models import MODELS, PAPER_OPTIONS, create_model, mobilenet_v1
 from src.models.mobilenet_v3 import SqueezeExcite
 
@@ -61,8 +62,8 @@ class Source:
     """A family of weight files: its --source name (`key`), how to recognise its tensor names, the order of a
     module's children where names do not sort into forward order (the first listed order holding all of a module's
     named children applies), the BatchNorm epsilon its weights were trained with, the evaluation transform its
-    published accuracy was measured with, and per model the options of `create_model` its network needs beyond the
-    paper's (`options`).
+    published accuracy was measured with, per model the options of `create_model` its network needs beyond the
+    paper's (`options`), and why its files are refused, if they are (`refusal`).
 
     `unlabelled_output`: of a 1001-output file, the output the source's training data never labels (dropped for a
     1000-class model).  `export_names(model, net)`: the source's module names of our network's layers in
@@ -79,7 +80,7 @@ class Source:
     export_names: Optional[Callable] = None
     export_widths: dict = field(default_factory=dict)
     dense_as_conv: Sequence[str] = ()
-    refuse: Callable[[set, dict], Optional[str]] = lambda names, tensors: None
+    refusal: str = ""  # why files of this family are not converted
 
 
 def _v3_blocks(net):
@@ -131,7 +132,7 @@ def _zoo_names(model, net):
 
 SOURCES = (
     Source("ours", "this repository", lambda names: "features.0.1.gamma" in names and "features.0.0.weight" in names,
-           refuse=lambda names, tensors: "it is already a checkpoint of this repository: use it as it is"),
+           refusal="it is already a checkpoint of this repository: use it as it is"),
     Source("timm", "timm", lambda names: "conv_stem.weight" in names, orders=TIMM_ORDERS, bn_eps=1e-5,
            eval_transform={**EVAL_TRANSFORM, "interpolation": "bicubic"}),
     Source("timm_tf", "timm (TensorFlow's weights)", lambda names: "conv_stem.weight" in names, orders=TIMM_ORDERS,
@@ -267,9 +268,8 @@ def recognise(tensors: dict, path: str, source_key: str = "", hub_source: str = 
                         f"config.json beside the file or name the source with "
                         f"{' or '.join('--source ' + s.key for s in fitting)}")
     source = chosen or fitting[0]
-    reason = source.refuse(names, tensors)
-    if reason:
-        raise UserError(f"{path}: cannot convert ({source.name}): {reason}")
+    if source.refusal:
+        raise UserError(f"{path}: cannot convert ({source.name}): {source.refusal}")
     return source
 
 
@@ -403,7 +403,6 @@ def candidates(model: str = "", width_mult: float = 0.0) -> list:
 def class_names(source: Source, classes: int) -> Optional[list]:
     """Names of a converted model's outputs: ImageNet's for 1000, with `UNLABELLED` at the source's unlabelled output
     for 1001; None (unknown) otherwise."""
-    from src.model_card import imagenet_class_names  # pylint: disable=import-outside-toplevel
     if classes == 1000:
         return imagenet_class_names()
     if classes == 1001 and source.unlabelled_output is not None:

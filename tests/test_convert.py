@@ -248,6 +248,14 @@ def test_a_network_the_source_does_not_compute_is_not_written_for_it():
         export_weights(create_model("mobilenet_v3_small", width_mult=0.75), narrow, mindcv, "v3.ckpt")
 
 
+def test_a_checkpoint_of_ours_is_not_converted(tmp_path):
+    path = str(tmp_path / "ours.ckpt")
+    ms.save_checkpoint(create_model("mobilenet_v1", 10, 0.25), path)
+    with pytest.raises(UserError, match=re.escape("ours.ckpt: cannot convert (this repository): it is already a "
+                                                  "checkpoint of this repository: use it as it is")):
+        recognise(read_weights(path), path)
+
+
 def test_a_file_that_fits_none_of_our_models_names_the_first_tensor(tmp_path):
     spec = manifest("torchvision_mobilenet_v3_small")
     weights = synthetic_weights(spec["tensors"])
