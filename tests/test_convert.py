@@ -294,7 +294,8 @@ def _torch_installed():
 
 
 def test_each_source_records_the_transform_its_accuracy_was_measured_with(tmp_path):
-    """timm's hub config.json gives its own (tf_*: 256 bilinear, mean = std = 0.5); without one timm's MobileNetV3
+    """timm's hub config.json gives its own (tf_*: 256 bilinear, mean = std = 0.5; the ra4 MobileNetV3-large's crop_pct
+    0.95: 235 bicubic, mean = std = 0.5); without one timm's MobileNetV3
     weights were measured with 256 bicubic and ImageNet's statistics, its MobileNetV1 weights with 256 bicubic and
     mean = std = 0.5 (its pretrained_cfg: crop_pct 0.875 at 224); torchvision's with 256 bilinear, its
     MobileNetV3-large IMAGENET1K_V2 file (by its name) 232; the zoo's and mindcv's 256 bilinear.  Options override."""
@@ -304,6 +305,10 @@ def test_each_source_records_the_transform_its_accuracy_was_measured_with(tmp_pa
     tf_path = write_source_file("timm_tf_mobilenetv3_large_100", str(tmp_path))
     assert evaluation_transform(sources["timm_tf"], "mobilenet_v3_large", {}, tf_path, hub_config(tf_path)) == {
         "eval_resize": 256, "interpolation": "bilinear", **inception}
+    ra4 = {"architecture": "mobilenetv3_large_100", "pretrained_cfg": {  # mobilenetv3_large_100.ra4_e3600_r224_in1k
+        "input_size": [3, 224, 224], "interpolation": "bicubic", "crop_pct": 0.95, "mean": [0.5] * 3, "std": [0.5] * 3}}
+    assert evaluation_transform(sources["timm"], "mobilenet_v3_large", {}, "model.safetensors", ra4) == {
+        "eval_resize": 235, "interpolation": "bicubic", **inception}
     assert evaluation_transform(sources["timm"], "mobilenet_v1", {}) == {
         "eval_resize": 256, "interpolation": "bicubic", **inception}
     assert evaluation_transform(sources["timm"], "mobilenet_v3_large", {"eval_resize": 0}) == {
