@@ -135,7 +135,7 @@ SOURCES = (
            refusal="it is already a checkpoint of this repository: use it as it is"),
     Source("timm", "timm", lambda names: "conv_stem.weight" in names, orders=TIMM_ORDERS, bn_eps=1e-5,
            eval_transform={**EVAL_TRANSFORM, "interpolation": "bicubic"}),
-    Source("timm_tf", "timm (TensorFlow's weights)", lambda names: "conv_stem.weight" in names, orders=TIMM_ORDERS,
+    Source("timm_tf", "timm's TensorFlow ports", lambda names: "conv_stem.weight" in names, orders=TIMM_ORDERS,
            eval_transform=TF_TRANSFORM, options={model: {"padding": "same"} for model in MODELS}),
     Source("torchvision", "torchvision", lambda names: "features.0.1.running_mean" in names,
            orders=(("features", "classifier"),)),

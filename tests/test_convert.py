@@ -342,7 +342,7 @@ def test_convert_weights_writes_a_checkpoint_that_eval_and_export_take_as_it_is(
     out = str(tmp_path / "converted.ckpt")
     result = run_script("convert_weights.py", "--input", source, "--output", out)
     assert result.returncode == 0, result.stderr
-    assert (f"(timm (TensorFlow's weights), mobilenet_v3_small x0.75, 10 classes, BatchNorm eps 0.001, padding same) "
+    assert (f"(timm's TensorFlow ports, mobilenet_v3_small x0.75, 10 classes, BatchNorm eps 0.001, padding same) "
             f"-> {out}; evaluation: shorter side 256 (bilinear), centre crop 224, mean [0.5, 0.5, 0.5], std [0.5, 0.5, "
             f"0.5]") in result.stdout
     card = read_card(read_checkpoint(out), out)
