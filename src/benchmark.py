@@ -1,5 +1,8 @@
 """Speed and memory benchmark: python -m src.benchmark [--models ...] [--compare torch,onnxruntime] [--rounds N]
 
+A model is `name:width`, optionally with model options (`:key=value`, e.g. `mobilenet_v3_small:1.0:padding=same` for
+TensorFlow's network; the peers always run the paper's).
+
 For each model: graph compile time, training ms/step and img/s (forward + backward + optimizer, steady state,
 fixed batch), training img/s fed by the real JPEG pipeline, inference img/s, parameters, MACs, achieved
 GMAC/s (training counts 3x the forward MACs), and peak resident memory; plus the training data pipelines'
@@ -33,7 +36,7 @@ ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCH_PEER = os.path.join(ROOT_DIR, "scripts", "torch_peer.py")
 PEERS = ("torch", "onnxruntime")
 RATE_FIELDS = ("train_img_s", "train_data_img_s", "infer_img_s")
-MODEL_FIELDS = ("model", "width_mult", "batch_size", "image_size", "threads", "params", "macs_m", "compile_s",
+MODEL_FIELDS = ("model", "width_mult", "options", "batch_size", "image_size", "threads", "params", "macs_m", "compile_s",
                 "train_ms_per_step", "train_img_s", "train_gmac_s", "train_data_img_s", "infer_img_s",
                 "infer_gmac_s", "peak_rss_mb")
 PEER_FIELDS = ("torch_train_img_s", "torch_infer_img_s", "torch_cl_train_img_s", "torch_cl_infer_img_s", "train_ratio",
@@ -58,8 +61,9 @@ def endless_batches(dataset, output_numpy: bool = False):
         yield from iterator
 
 
-def measure_model(args, name: str, width: float, data_root: str) -> dict:
-    """All model figures, measured in this process (called in a fresh worker process)."""
+def measure_model(args, name: str, width: float, data_root: str, options: list) -> dict:
+    """All model figures of `name` at `width` with the model `options` ("key=value"), measured in this process
+    (called in a fresh worker process)."""
     import mindspore as ms  # pylint: disable=import-outside-toplevel
     import mindspore.nn as nn  # pylint: disable=import-outside-toplevel
     from src.checkpoint import build_network  # pylint: disable=import-outside-toplevel
@@ -70,13 +74,15 @@ def measure_model(args, name: str, width: float, data_root: str) -> dict:
     from src.models import MODELS, count_macs, count_params, create_model  # pylint: disable=import-outside-toplevel
     from src.optimizer import create_optimizer  # pylint: disable=import-outside-toplevel
 
-    config = get_config([], overrides={
+    config = get_config([f"--{option}" for option in options], overrides={
         "model": name, "width_mult": width, "image_size": args.image_size, "dropout": MODELS[name][1],
         "batch_size": args.batch_size, "runtime_num_threads": args.threads, "dataset": "imagenet2012",
         "dataset_path": os.path.join(data_root, "imagefolder"), "class_num": 10, "seed": 1})
     setup_device(config)
-    reference = create_model(name, class_num=1000, width_mult=width)
-    row = {"model": name, "width_mult": width, "batch_size": args.batch_size, "image_size": args.image_size,
+    reference = create_model(name, class_num=1000, width_mult=width, padding=config.padding,
+                             activation=config.activation, head_width=config.head_width, head_bias=config.head_bias)
+    row = {"model": name, "width_mult": width, "options": " ".join(options), "batch_size": args.batch_size,
+           "image_size": args.image_size,
            "threads": args.threads or os.cpu_count(), "params": count_params(reference),
            "macs_m": round(count_macs(reference, args.image_size) / 1e6, 2)}
     net = build_network(config)[0]  # as train.py and eval.py build it: on CPU lowered for the C++ kernels
@@ -212,8 +218,8 @@ def _worker(args) -> None:
         _, name, width = args.worker.split(":")
         result = measure_onnxruntime(args, name, float(width))
     else:
-        name, width = args.worker.split(":")
-        result = measure_model(args, name, float(width), args.data_root)
+        name, width, *options = args.worker.split(":")
+        result = measure_model(args, name, float(width), args.data_root, options)
     print(json.dumps(result))
 
 
@@ -279,7 +285,8 @@ def print_table(rows: list, pipelines: dict) -> None:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="mobilenet_v1:1.0,mobilenet_v1:0.25,mobilenet_v3_small:1.0,"
-                                              "mobilenet_v3_large:1.0", help="comma-separated name:width list")
+                                              "mobilenet_v3_large:1.0",
+                        help="comma-separated name:width list, each optionally with :key=value model options")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
@@ -316,7 +323,7 @@ def main(argv=None):
     if args.worker:
         _worker(args)
         return 0
-    models = [item.split(":") if ":" in item else (item, "1.0") for item in args.models.split(",") if item]
+    models = [item if ":" in item else f"{item}:1.0" for item in args.models.split(",") if item]
     peer = torch_python(args) if "torch" in args.compare else ""
     if "torch" in args.compare and not peer:
         log("--compare torch: torch and torchvision are not installed (set --torch_python or $TORCH_PYTHON to an "
@@ -331,25 +338,26 @@ def main(argv=None):
         if src.WAIT_POLICY_DEFAULTED:  # PyTorch runs with OpenMP's default wait policy (it is faster so)
             peer_env.pop("OMP_WAIT_POLICY", None)
         torch_cmd = [peer, TORCH_PEER, *_common_args(args)]
-        engines = {"ours": lambda name, width: _run_json(me + ["--worker", f"{name}:{width}"], f"{name} x{width}")}
+        engines = {"ours": lambda item, name, width: _run_json(me + ["--worker", item], item)}
         if peer:
-            engines["torch"] = lambda name, width: _run_json(
+            engines["torch"] = lambda item, name, width: _run_json(
                 torch_cmd + ["--model", name, "--width_mult", width], f"torch {name}", env=peer_env)
-            engines["torch_cl"] = lambda name, width: _run_json(
+            engines["torch_cl"] = lambda item, name, width: _run_json(
                 torch_cmd + ["--model", name, "--width_mult", width, "--channels_last"], f"torch {name}", env=peer_env)
         if args.baseline:
-            engines["base"] = lambda name, width: _run_json(me + ["--worker", f"{name}:{width}"],
-                                                            f"the baseline's {name} x{width}", cwd=args.baseline)
+            engines["base"] = lambda item, name, width: _run_json(me + ["--worker", item], f"the baseline's {item}",
+                                                                  cwd=args.baseline)
         if "onnxruntime" in args.compare:
-            engines["ort"] = lambda name, width: _run_json(me + ["--worker", f"onnxruntime:{name}:{width}"],
-                                                           f"onnxruntime {name}")
-        for name, width in models:
-            log(f"measuring {name} x{width}: {', '.join(engines)}, {args.rounds} round(s) ...")
+            engines["ort"] = lambda item, name, width: _run_json(me + ["--worker", f"onnxruntime:{name}:{width}"],
+                                                                 f"onnxruntime {name}")
+        for item in models:
+            name, width = item.split(":")[:2]
+            log(f"measuring {item}: {', '.join(engines)}, {args.rounds} round(s) ...")
             # the machine is shared and noisy: the engines take turns, each figure is the median of its rounds
             runs = {engine: [] for engine in engines}
             for _ in range(args.rounds):
                 for engine, measure in engines.items():
-                    runs[engine].append(measure(name, width))
+                    runs[engine].append(measure(item, name, width))
             rows.append(compare_row(runs))
     print_table(rows, pipelines)
     result = {"models": rows, "pipelines": pipelines, "torch_python": peer}

@@ -78,7 +78,8 @@ def build_network(config, checkpoint: str = "", what: str = "checkpoint", fine_t
     """The network `config` describes, with the weights (and BN statistics) of `checkpoint` when given, checked by
     `fit_to_network`; on CPU lowered for the C++ kernels (`lower_for_cpu`: CPU trains in float32, see
     `src.training.precision_settings`) unless `for_export` (an exported file holds MindSpore's standard operators).
-    The checkpoint's model card (see src/model_card.py) settles the model, width and BatchNorm epsilon and, unless
+    The checkpoint's model card (see src/model_card.py) settles the architecture (model, width, BatchNorm epsilon and
+    the model options other sources' weights need: padding, activation, head width and bias) and, unless
     fine-tuning (where a new head may replace its classifier), the class count, class names and evaluation
     transform: `config` is updated, except for keys given on the command line.  A checkpoint with an EMA of the
     weights (`ema.<name>`) gives its averages unless `config.use_ema` is false.  Returns (network, card)."""
@@ -89,7 +90,8 @@ def build_network(config, checkpoint: str = "", what: str = "checkpoint", fine_t
         card = read_card(params, checkpoint)
         apply_card(config, card, checkpoint, ARCHITECTURE_KEYS if fine_tune else ARCHITECTURE_KEYS + EVALUATION_KEYS)
     net = create_model(config.model, config.class_num, config.width_mult, config.dropout, config.sync_bn,
-                       config.bn_eps)
+                       config.bn_eps, padding=config.padding, activation=config.activation,
+                       head_width=config.head_width, head_bias=config.head_bias)
     if checkpoint:
         averages = {name[len(EMA_PREFIX) + 1:]: value for name, value in params.items()
                     if name.startswith(EMA_PREFIX + ".")}

@@ -1,11 +1,17 @@
-"""Weights of other MobileNet implementations as checkpoints of ours: timm and torchvision (`.safetensors`, or
-`.pth`/`.pt`/`.bin` through torch with `weights_only=True`), and the MindSpore model zoo (`.ckpt`); mindcv's
-checkpoints and the zoo's MobileNetV1 and V3-small are recognised and refused, saying why.
+"""Weights of other MobileNet implementations as checkpoints of ours, and ours as theirs.
 
-The networks are the same layers in the same order, so a source's tensors are put in its forward order (each source
-names the order of a module's children where the names alone do not give it) and paired one layer after another with
-ours: convolutions, BatchNorms and dense layers, each checked for its shape.  The model, width and class count are the
-first of ours whose every layer fits."""
+Read: timm's (PyTorch-style and TensorFlow's ports) and torchvision's (`.safetensors`, or `.pth`/`.pt`/`.bin` through
+torch with `weights_only=True`), the MindSpore model zoo's and mindcv's (`.ckpt`).  The networks are the same layers in
+the same order, so a source's tensors are put in its forward order (each source names the order of a module's children
+where the names alone do not give it) and paired one layer after another with ours: convolutions, BatchNorms and dense
+layers, each checked for its shape.  The model, width and class count are the first of ours whose every layer fits,
+built with the model options the source's networks need (`Source.options`: padding, activation, head), recorded in the
+checkpoint's model card with the source's BatchNorm epsilon and evaluation transform.
+
+Written (`export_weights`): a checkpoint of ours under the parameter names of the MindSpore sources' own networks
+(mindcv's `create_model`, the model zoo's classes), when their network computes what ours does."""
+import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -17,11 +23,13 @@ import numpy as np
 
 from src.checkpoint import read_checkpoint
 from src.errors import UserError
-from src.models import MODELS, create_model
+from src.model_card import imagenet_class_names
+from src.models import MODELS, PAPER_OPTIONS, create_model, mobilenet_v1
+from src.models.mobilenet_v3 import SqueezeExcite
 
 BN_LEAVES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance",
              "gamma": "gamma", "beta": "beta", "moving_mean": "moving_mean", "moving_variance": "moving_variance"}
-WEIGHT_LEAVES = ("weight", "bias")
+BN_ROLES = ("gamma", "beta", "moving_mean", "moving_variance")
 # training state in checkpoints (optimizer slots, positions, our model card): not weights
 NOT_WEIGHTS = re.compile(r"^(moments|mean_square|moment|accum|rank_statistics)\.|^(global_step|learning_rate|momentum|"
                          r"epoch_num|step_num|top_1_accuracy|model_card)$|\.num_batches_tracked$")
@@ -29,62 +37,126 @@ TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 EVAL_TRANSFORM = {"eval_resize": 256, "interpolation": "bilinear", "image_mean": IMAGENET_MEAN,
                   "image_std": IMAGENET_STD}
-# timm's MobileNetV1 weights (mobilenetv1_100.ra4_e3600_r224_in1k, the only ones) were measured with crop_pct 0.95
-# and mean = std = 0.5; its MobileNetV3 ones (lamb_in1k, ra_in1k) with crop_pct 0.875 and ImageNet's statistics
-TIMM_V1_TRANSFORM = {"eval_resize": 235, "interpolation": "bicubic", "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+# timm's MobileNetV1 weights (mobilenetv1_100.ra4_e3600_r224_in1k, the only ones) at 224 with crop_pct 0.875 (its
+# pretrained_cfg; 0.95 is its test_crop_pct at 256) and mean = std = 0.5; its MobileNetV3 ones (lamb_in1k, ra_in1k)
+# with crop_pct 0.875 and ImageNet's statistics
+TIMM_V1_TRANSFORM = {"eval_resize": 256, "interpolation": "bicubic", "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+# TensorFlow's MobileNetV3 weights as timm ported them (tf_mobilenetv3_*.in1k): crop_pct 0.875, bilinear, inputs
+# scaled to -1..1 (timm's IMAGENET_INCEPTION_MEAN / _STD)
+TF_TRANSFORM = {"eval_resize": 256, "interpolation": "bilinear", "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+# torchvision's weight files carry their tag in the name; the ones measured otherwise than resize 256
+TORCHVISION_TRANSFORMS = {"mobilenet_v3_large-5c1a4163.pth": {"eval_resize": 232}}  # IMAGENET1K_V2
+# timm's architectures (a hub folder's config.json) that are ours: (tf_)mobilenetv3_<small|large>_<075|100>,
+# mobilenetv1_100
+TIMM_ARCHITECTURE = re.compile(r"(?P<tf>tf_)?mobilenetv(?P<version>3_small|3_large|1)_(?P<width>075|100)")
+UNLABELLED = "(unlabelled)"  # the class name of an output the source's training data never labels
+TIMM_ORDERS = (("conv_stem", "bn1", "blocks", "conv_head", "classifier"),
+               ("conv_dw", "bn1", "se", "conv_pw", "bn2"),  # depthwise-separable block
+               ("conv_pw", "bn1", "conv_dw", "bn2", "se", "conv_pwl", "bn3"),  # inverted residual
+               ("conv", "bn1"),  # the last 1x1 convolution
+               ("conv_reduce", "conv_expand"))
 
 
 @dataclass(frozen=True)
 class Source:
-    """A family of weight files: how to recognise it, the order of a module's children where names do not sort into
-    forward order (the first listed order holding all of a module's named children applies), the BatchNorm epsilon
-    its weights were trained with, and the evaluation transform its published accuracy was measured with."""
+    """A family of weight files: its --source name (`key`), how to recognise its tensor names, the order of a
+    module's children where names do not sort into forward order (the first listed order holding all of a module's
+    named children applies), the BatchNorm epsilon its weights were trained with, the evaluation transform its
+    published accuracy was measured with, per model the options of `create_model` its network needs beyond the
+    paper's (`options`), and why its files are refused, if they are (`refusal`).
+
+    `unlabelled_output`: of a 1001-output file, the output the source's training data never labels (dropped for a
+    1000-class model).  `export_names(model, net)`: the source's module names of our network's layers in
+    `network_layers` order, for the models and widths of `export_widths` where its network is ours (MindSpore
+    sources); `dense_as_conv`: models whose dense layers the source computes as 1x1 convolutions."""
+    key: str
     name: str
     recognise: Callable[[set], bool]
     orders: Sequence[Sequence[str]] = ()
     bn_eps: float = 1e-3
     eval_transform: dict = field(default_factory=lambda: dict(EVAL_TRANSFORM))
-    refuse: Callable[[set, dict], Optional[str]] = lambda names, tensors: None
+    options: dict = field(default_factory=dict)
+    unlabelled_output: Optional[int] = None
+    export_names: Optional[Callable] = None
+    export_widths: dict = field(default_factory=dict)
+    dense_as_conv: Sequence[str] = ()
+    refusal: str = ""  # why files of this family are not converted
 
 
-def _zoo_refusal(names, tensors):
-    if "network.0.0.weight" in names:
-        return ("the model zoo's MobileNetV1 pads every convolution TF-'same' style (pad_mode='same': a stride-2 "
-                "layer pads only the bottom and right), this network symmetrically (k // 2) as the paper's: its "
-                "weights give other outputs here")
-    head = [tensors[name] for name in names if re.fullmatch(r"features\.\d+\.weight", name)]
-    if any(weight.shape[:2] == (1280, 576) for weight in head):
-        return ("the model zoo's MobileNetV3-small has a 1280-wide head without bias, the paper's (and this one) "
-                "1024 wide with bias: its weights do not fit")
-    return None
+def _v3_blocks(net):
+    """Each inverted residual block of our MobileNetV3 `net` as (position in `features`, its cells)."""
+    return [(index, cell.block.cell_list) for index, cell in enumerate(net.features.cell_list[1:-1], 1)]
 
 
-def _mindcv_refusal(names, _tensors):
-    if any(".layers." in name for name in names):
-        return ("mindcv's MobileNetV3 pads its strided depthwise convolutions TF-'same' style (pad_mode='same': the "
-                "extra row and column at the bottom and right only), this network symmetrically (k // 2) as the "
-                "paper's reference and torchvision; at width 0.75 it also rounds the expansion channels and scales "
-                "the head differently: its weights give other outputs here")
-    return ("mindcv's MobileNetV1 applies ReLU after every BatchNorm where the paper's network (and this one) applies "
-            "ReLU6: its weights give other outputs here")
+def _mindcv_names(model, net):
+    """mindcv 0.3's module names: flat `nn.SequentialCell`s of conv, BatchNorm and activation (no activation after a
+    projection), an SE cell, the head and classifier as `classifier.0` and `.3` (after h-swish and dropout)."""
+    if model == "mobilenet_v1":
+        return ["features.0", "features.1"] + [f"features.{3 + i}.{j}" for i in range(len(mobilenet_v1.BLOCKS))
+                                               for j in (0, 1, 3, 4)] + ["classifier"]
+    names = ["features.0", "features.1"]
+    for index, cells in _v3_blocks(net):
+        position = 0
+        for cell in cells:
+            prefix = f"features.{2 + index}.layers"
+            if isinstance(cell, SqueezeExcite):
+                names += [f"{prefix}.{position}.conv_reduce", f"{prefix}.{position}.conv_expand"]
+                position += 1
+            else:
+                names += [f"{prefix}.{position}", f"{prefix}.{position + 1}"]
+                position += len(cell)
+    last = 2 + len(_v3_blocks(net)) + 1
+    return names + [f"features.{last}", f"features.{last + 1}", "classifier.0", "classifier.3"]
+
+
+def _zoo_names(model, net):
+    """The model zoo's module names: MobileNetV1's `network.<layer>.0|1` and `fc`; MobileNetV3's units `expand`,
+    `conv1`, `se`, `conv2` (each `conv` and `bn`), the head a 1x1 convolution after h-swish and pooling in `features`,
+    the classifier the 1x1 convolution `output`."""
+    if model == "mobilenet_v1":
+        return [f"network.{layer}.{j}" for layer in range(1 + 2 * len(mobilenet_v1.BLOCKS)) for j in (0, 1)] + ["fc"]
+    names = ["features.0", "features.1"]
+    for index, cells in _v3_blocks(net):
+        prefix = f"features.{2 + index}"
+        convs = len([cell for cell in cells if not isinstance(cell, SqueezeExcite)])
+        units = iter((["expand"] if convs == 3 else []) + ["conv1", "conv2"])
+        for cell in cells:
+            if isinstance(cell, SqueezeExcite):
+                names += [f"{prefix}.se.conv1", f"{prefix}.se.conv2"]
+            else:
+                unit = next(units)
+                names += [f"{prefix}.{unit}.conv", f"{prefix}.{unit}.bn"]
+    last = 2 + len(_v3_blocks(net)) + 1
+    return names + [f"features.{last}", f"features.{last + 1}", f"features.{last + 4}", "output"]
 
 
 SOURCES = (
-    Source("ours", lambda names: "features.0.1.gamma" in names and "features.0.0.weight" in names,
-           refuse=lambda names, tensors: "it is already a checkpoint of this repository: use it as it is"),
-    Source("timm", lambda names: "conv_stem.weight" in names,
-           orders=(("conv_stem", "bn1", "blocks", "conv_head", "classifier"),
-                   ("conv_dw", "bn1", "se", "conv_pw", "bn2"),  # depthwise-separable block
-                   ("conv_pw", "bn1", "conv_dw", "bn2", "se", "conv_pwl", "bn3"),  # inverted residual
-                   ("conv", "bn1"),  # the last 1x1 convolution
-                   ("conv_reduce", "conv_expand")),
-           bn_eps=1e-5, eval_transform={**EVAL_TRANSFORM, "interpolation": "bicubic"}),
-    Source("torchvision", lambda names: "features.0.1.running_mean" in names, orders=(("features", "classifier"),)),
-    Source("the model zoo", lambda names: "network.0.0.weight" in names or "output.weight" in names,
-           orders=(("expand", "conv1", "se", "conv2"), ("conv", "bn"), ("conv1", "conv2"), ("features", "output")),
-           bn_eps=1e-5, refuse=_zoo_refusal),
-    Source("mindcv", lambda names: "features.1.moving_mean" in names, refuse=_mindcv_refusal),
+    Source("ours", "this repository", lambda names: "features.0.1.gamma" in names and "features.0.0.weight" in names,
+           refusal="it is already a checkpoint of this repository: use it as it is"),
+    Source("timm", "timm", lambda names: "conv_stem.weight" in names, orders=TIMM_ORDERS, bn_eps=1e-5,
+           eval_transform={**EVAL_TRANSFORM, "interpolation": "bicubic"}),
+    Source("timm_tf", "timm's TensorFlow ports", lambda names: "conv_stem.weight" in names, orders=TIMM_ORDERS,
+           eval_transform=TF_TRANSFORM, options={model: {"padding": "same"} for model in MODELS}),
+    Source("torchvision", "torchvision", lambda names: "features.0.1.running_mean" in names,
+           orders=(("features", "classifier"),)),
+    Source("zoo", "the model zoo", lambda names: "network.0.0.weight" in names or "output.weight" in names,
+           orders=(("network", "fc"), ("expand", "conv1", "se", "conv2"), ("conv", "bn"), ("features", "output")),
+           bn_eps=1e-5,
+           options={"mobilenet_v1": {"padding": "same"}, "mobilenet_v3_small": {"head_width": 1280, "head_bias": False},
+                    "mobilenet_v3_large": {"head_bias": False}},
+           unlabelled_output=1000, export_names=_zoo_names,
+           export_widths={model: (1.0,) for model in MODELS},
+           dense_as_conv=("mobilenet_v3_small", "mobilenet_v3_large")),
+    Source("mindcv", "mindcv", lambda names: "features.1.moving_mean" in names and "output.weight" not in names,
+           orders=(("features", "classifier"), ("layers",), ("conv_reduce", "conv_expand")), bn_eps=1e-5,
+           options={"mobilenet_v1": {"activation": "relu"}, "mobilenet_v3_small": {"padding": "same_depthwise"},
+                    "mobilenet_v3_large": {"padding": "same_depthwise"}},
+           unlabelled_output=1000, export_names=_mindcv_names,
+           export_widths={"mobilenet_v1": mobilenet_v1.WIDTHS, "mobilenet_v3_small": (1.0,),
+                          "mobilenet_v3_large": (1.0,)}),
 )
+SOURCE_KEYS = tuple(source.key for source in SOURCES if source.key != "ours")
+EXPORT_KEYS = tuple(source.key for source in SOURCES if source.export_names)
 
 
 def read_weights(path: str) -> dict:
@@ -130,17 +202,81 @@ def _read_torch(path):
     return {name: value.float().numpy() for name, value in state.items() if hasattr(value, "float")}
 
 
-def recognise(tensors: dict, path: str) -> Source:
-    """The source family of `tensors`; refused families raise a `UserError` saying why."""
+def hub_config(path: str) -> dict:
+    """The `config.json` beside `path` that timm writes into a Hugging Face hub folder (`architecture`,
+    `pretrained_cfg`: the evaluation transform), {} when there is none (or it is no timm config)."""
+    config_path = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
+    if not os.path.isfile(config_path):
+        return {}
+    try:
+        with open(config_path, encoding="utf-8") as src:
+            config = json.load(src)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{config_path} (beside {path}) cannot be read as JSON: {err}") from err
+    return config if isinstance(config, dict) and "architecture" in config else {}
+
+
+def hub_model(hub: dict, path: str) -> tuple:
+    """(source key, model, width) that a timm `config.json`'s architecture names; ("", "", 0.0) without one."""
+    if not hub:
+        return "", "", 0.0
+    match = TIMM_ARCHITECTURE.fullmatch(str(hub["architecture"]))
+    if not match:
+        raise UserError(f"{path}: the config.json beside it names timm's architecture '{hub['architecture']}', which "
+                        f"is none of this repository's networks (timm's (tf_)mobilenetv3_small/large_075/100 and "
+                        f"mobilenetv1_100 are)")
+    model = f"mobilenet_v{match['version']}"
+    return "timm_tf" if match["tf"] else "timm", model, int(match["width"]) / 100
+
+
+def hub_transform(hub: dict, path: str) -> dict:
+    """The evaluation transform of a timm `config.json`'s `pretrained_cfg` (crop_pct, interpolation, mean, std), as
+    timm evaluates: shorter side floor(224 / crop_pct), centre crop 224; {} without one."""
+    cfg = hub.get("pretrained_cfg") or {}
+    if not cfg:
+        return {}
+    interpolation = cfg.get("interpolation", "bilinear")
+    if interpolation not in ("bilinear", "bicubic"):
+        raise UserError(f"{path}: the config.json beside it evaluates with interpolation '{interpolation}'; this "
+                        f"repository evaluates with bilinear or bicubic")
+    size = cfg.get("input_size", [3, 224, 224])[-1]
+    return {"eval_resize": math.floor(size / cfg.get("crop_pct", 0.875)), "interpolation": interpolation,
+            "image_mean": list(cfg.get("mean", IMAGENET_MEAN)), "image_std": list(cfg.get("std", IMAGENET_STD))}
+
+
+def recognise(tensors: dict, path: str, source_key: str = "", hub_source: str = "") -> Source:
+    """The source family of `tensors`: the one family whose names they have, or where several have the same names
+    (timm's PyTorch-style and TensorFlow's weights) the one `source_key` (--source) or `hub_source` (the hub
+    folder's config.json, see `hub_model`) names; a file that fits none, several without a word on which, or a
+    refused family raises a `UserError` saying why."""
     names = set(tensors)
-    for source in SOURCES:
-        if source.recognise(names):
-            reason = source.refuse(names, tensors)
-            if reason:
-                raise UserError(f"{path}: cannot convert ({source.name}): {reason}")
-            return source
-    raise UserError(f"{path}: not a MobileNet of timm, torchvision, mindcv or the MindSpore model zoo (first tensor "
-                    f"'{sorted(names)[0] if names else '(none)'}'); expected one of those weight files")
+    fitting = [source for source in SOURCES if source.recognise(names)]
+    if not fitting:
+        raise UserError(f"{path}: not a MobileNet of timm, torchvision, mindcv or the MindSpore model zoo (first "
+                        f"tensor '{sorted(names)[0] if names else '(none)'}'); expected one of those weight files")
+    by_key = {source.key: source for source in fitting}
+    for given, what in ((source_key, "--source"), (hub_source, "the config.json beside it")):
+        if given and given not in by_key:
+            raise UserError(f"{path}: {what} says {given}, but its tensors are those of "
+                            f"{' or '.join(source.key for source in fitting)}")
+    if source_key and hub_source and source_key != hub_source:
+        raise UserError(f"{path}: --source says {source_key}, the config.json beside it {hub_source}")
+    chosen = by_key.get(source_key or hub_source)
+    if chosen is None and len(fitting) > 1:
+        raise UserError(f"{path}: its tensor names and shapes are those of "
+                        f"{' and of '.join(f'{s.name} ({_computes(s)})' for s in fitting)}: put the hub folder's "
+                        f"config.json beside the file or name the source with "
+                        f"{' or '.join('--source ' + s.key for s in fitting)}")
+    source = chosen or fitting[0]
+    if source.refusal:
+        raise UserError(f"{path}: cannot convert ({source.name}): {source.refusal}")
+    return source
+
+
+def _computes(source: Source) -> str:
+    """What `source`'s networks compute beyond their weights: its BatchNorm epsilon and model options."""
+    options = {key: value for options in source.options.values() for key, value in options.items()}
+    return ", ".join([f"BatchNorm eps {source.bn_eps:g}"] + [f"{key} {value}" for key, value in options.items()])
 
 
 def source_layers(tensors: dict, source: Source) -> list:
@@ -199,11 +335,11 @@ class Misfit(Exception):
         self.fitted = fitted
 
 
-def pair_layers(net: nn.Cell, layers: list, tensors: dict) -> tuple:
-    """({our parameter name: array}, notes) with every layer of `net` taken from the source's `layers`; raises
-    `Misfit` naming the first tensor that does not fit."""
+def pair_layers(net: nn.Cell, layers: list, tensors: dict) -> dict:
+    """{our parameter name: array} with every layer of `net` taken from the source's `layers`; raises `Misfit` naming
+    the first tensor that does not fit."""
     ours = network_layers(net)
-    params, notes = {}, []
+    params = {}
     for index, ((kind, cell), (source_kind, leaves)) in enumerate(zip(ours, layers)):
         if (kind == "bn") != (source_kind == "bn"):
             first = next(iter(leaves.values()))
@@ -211,25 +347,21 @@ def pair_layers(net: nn.Cell, layers: list, tensors: dict) -> tuple:
                                 f"('{cell.cls_name}' of '{_param_prefix(cell)}')")
         if kind == "bn":
             by_role = {BN_LEAVES[leaf]: name for leaf, name in leaves.items() if leaf in BN_LEAVES}
-            for role in ("gamma", "beta", "moving_mean", "moving_variance"):
+            for role in BN_ROLES:
                 params.update(_fit(getattr(cell, role), tensors, by_role.get(role), index))
             continue
         params.update(_fit(cell.weight, tensors, leaves.get("weight"), index))
-        if cell.bias is not None:
-            if "bias" in leaves:
-                params.update(_fit(cell.bias, tensors, leaves["bias"], index))
-            else:
-                params[cell.bias.name] = np.zeros(cell.bias.shape, np.float32)
-                notes.append(f"{cell.bias.name} set to zero (the source's layer '{leaves['weight']}' has no bias)")
-        elif "bias" in leaves:
+        if cell.bias is None and "bias" in leaves:
             raise Misfit(index, f"tensor '{leaves['bias']}' is a bias where the network's layer "
                                 f"'{cell.weight.name}' has none")
+        if cell.bias is not None:
+            params.update(_fit(cell.bias, tensors, leaves.get("bias"), index))
     if len(layers) > len(ours):
         raise Misfit(len(ours), f"tensor '{next(iter(layers[len(ours)][1].values()))}' is beyond the network's last "
                                 f"layer")
     if len(layers) < len(ours):
         raise Misfit(len(layers), f"the file ends before the network's layer '{_param_prefix(ours[len(layers)][1])}'")
-    return params, notes
+    return params
 
 
 def _param_prefix(cell):
@@ -251,10 +383,14 @@ def _fit(param, tensors, name, index):
     return {param.name: value}
 
 
-def evaluation_transform(source: Source, model: str, overrides: dict) -> dict:
+def evaluation_transform(source: Source, model: str, overrides: dict, path: str = "", hub: dict = None) -> dict:
     """The evaluation transform the converted weights were measured with (`eval_resize`, `interpolation`,
-    `image_mean`, `image_std`): the source's, timm's MobileNetV1 its own, with the non-empty `overrides` applied."""
-    transform = TIMM_V1_TRANSFORM if source.name == "timm" and model == "mobilenet_v1" else source.eval_transform
+    `image_mean`, `image_std`): the hub folder's config.json (`hub`) if there is one, else the source's (timm's
+    MobileNetV1 its own; torchvision's by the file name's tag), with the non-empty `overrides` applied."""
+    transform = hub_transform(hub or {}, path) or (
+        TIMM_V1_TRANSFORM if source.key == "timm" and model == "mobilenet_v1" else source.eval_transform)
+    if source.key == "torchvision":
+        transform = {**transform, **TORCHVISION_TRANSFORMS.get(os.path.basename(path), {})}
     return {**transform, **{key: value for key, value in overrides.items() if key in transform and value}}
 
 
@@ -264,28 +400,81 @@ def candidates(model: str = "", width_mult: float = 0.0) -> list:
             if (not model or name == model) and (not width_mult or width == width_mult)]
 
 
+def class_names(source: Source, classes: int) -> Optional[list]:
+    """Names of a converted model's outputs: ImageNet's for 1000, with `UNLABELLED` at the source's unlabelled output
+    for 1001; None (unknown) otherwise."""
+    if classes == 1000:
+        return imagenet_class_names()
+    if classes == 1001 and source.unlabelled_output is not None:
+        names = imagenet_class_names()
+        names.insert(source.unlabelled_output, UNLABELLED)
+        return names
+    return None
+
+
+def _drop_output(tensors: dict, layers: list, index: int) -> dict:
+    """`tensors` with output `index` of the classifier (the last layer) removed."""
+    return {**tensors, **{name: np.delete(tensors[name], index, axis=0) for name in layers[-1][1].values()}}
+
+
 def convert(tensors: dict, source: Source, path: str, model: str = "", width_mult: float = 0.0,
             class_num: int = 0) -> tuple:
-    """(network holding the converted weights, its (model, width, class count), notes) for the first candidate whose
-    every layer fits; else a `UserError` naming the first tensor that does not fit the closest candidate."""
+    """(network holding the converted weights, its architecture) for the first candidate whose every layer
+    fits, built with the source's model options; the architecture is the model card's `ARCHITECTURE_KEYS` and
+    `class_num`.  `class_num` 1000 of a 1001-output file drops the output its source never labels
+    (`Source.unlabelled_output`).  A file that fits no candidate is a `UserError` naming the first tensor that does
+    not fit the closest one."""
     layers = source_layers(tensors, source)
     if not layers:
         raise UserError(f"{path}: no convolution, BatchNorm or dense weights found")
     classes = tensors[layers[-1][1]["weight"]].shape[0]
     if class_num and class_num != classes:
-        raise UserError(f"{path} has {classes} classes, --class_num says {class_num}; convert as it is and fine-tune "
-                        f"with train.py --pre_trained (it replaces the classifier)")
+        if not (classes == 1001 and class_num == 1000 and source.unlabelled_output is not None):
+            raise UserError(f"{path} has {classes} classes, --class_num says {class_num}; convert as it is and "
+                            f"fine-tune with train.py --pre_trained (it replaces the classifier)")
+        tensors, classes = _drop_output(tensors, layers, source.unlabelled_output), class_num
     best = None
     for name, width in candidates(model, width_mult):
-        net = create_model(name, classes, width, bn_eps=source.bn_eps)
+        options = {**PAPER_OPTIONS, **source.options.get(name, {})}
+        net = create_model(name, classes, width, bn_eps=source.bn_eps, **options)
         try:
-            params, notes = pair_layers(net, layers, tensors)
+            params = pair_layers(net, layers, tensors)
         except Misfit as misfit:
             if best is None or misfit.fitted >= best[0]:  # a tie: the wider model
                 best = (misfit.fitted, f"{name} x{width:g}", str(misfit))
             continue
         ms.load_param_into_net(net, {key: ms.Parameter(ms.Tensor(value), key) for key, value in params.items()},
                                strict_load=True)
-        return net, (name, width, classes), notes
+        architecture = {"model": name, "width_mult": width, "class_num": classes, "bn_eps": source.bn_eps, **options}
+        return net, architecture
     wanted = f"{model or 'any model'} at width {width_mult:g}" if width_mult else (model or "any of our models")
     raise UserError(f"{path} ({source.name}) fits {wanted} nowhere: closest is {best[1]}, where {best[2]}")
+
+
+def export_weights(net: nn.Cell, architecture: dict, target: Source, path: str) -> dict:
+    """{`target`'s parameter name: array} of our standard network `net`, built as `architecture` (a model card's
+    `ARCHITECTURE_KEYS`), for the target's own code (`Source.export_names`); a `UserError` where the target's network
+    computes otherwise (another BatchNorm epsilon, model option or width)."""
+    model, width = architecture["model"], architecture["width_mult"]
+    if width not in target.export_widths.get(model, ()):
+        raise UserError(f"{path}: {target.name} builds {model} at width {width:g} with other channel counts (it has "
+                        f"{model} at width {', '.join(f'{w:g}' for w in target.export_widths.get(model, ()))})")
+    needed = {"bn_eps": target.bn_eps, **PAPER_OPTIONS, **target.options.get(model, {})}
+    differing = {key: value for key, value in needed.items() if architecture[key] != value}
+    if differing:
+        raise UserError(f"{path}: {target.name}'s {model} computes otherwise than this checkpoint's network: it has "
+                        + ", ".join(f"{key} {value} (this one {architecture[key]})" for key, value in differing.items())
+                        + f"; train with {' '.join(f'--{key} {value}' for key, value in differing.items())} to hand "
+                          f"the weights to {target.name}")
+    weights = {}
+    for (kind, cell), prefix in zip(network_layers(net), target.export_names(model, net)):
+        if kind == "bn":
+            weights.update({f"{prefix}.{role}": getattr(cell, role).asnumpy() for role in BN_ROLES})
+            continue
+        weight = cell.weight.asnumpy()
+        if kind == "linear" and model in target.dense_as_conv:
+            weight = weight.reshape(*weight.shape, 1, 1)
+        weights[f"{prefix}.weight"] = weight
+        if cell.bias is not None:
+            weights[f"{prefix}.bias"] = cell.bias.asnumpy()
+    return weights

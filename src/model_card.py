@@ -1,7 +1,8 @@
 """The model card: what a checkpoint holds, saved inside it as one entry (JSON text as a uint8 tensor, so that every
 reader of checkpoint entries sees tensors only), so that a checkpoint alone
-says which network to build (model, width, BatchNorm epsilon), how its images were evaluated (the data set's
-transform, size, resize, interpolation, mean and std) and the names of its classes.  Training writes it into every checkpoint; `convert_weights.py` writes
+says which network to build (model, width, BatchNorm epsilon, the options other sources' networks need), how its
+images were evaluated (the data set's transform, size, resize, interpolation, mean and std) and the names of its
+classes.  Training writes it into every checkpoint; `convert_weights.py` writes
 the source's settings; `eval.py`, `predict.py`, `export.py` and `train.py --pre_trained` take them from it."""
 import json
 import os
@@ -15,7 +16,7 @@ from src.model_utils.cli import log, warn
 
 CARD_ENTRY = "model_card"
 # what the network computes: a checkpoint's weights only reproduce their results with these
-ARCHITECTURE_KEYS = ("model", "width_mult", "bn_eps")
+ARCHITECTURE_KEYS = ("model", "width_mult", "bn_eps", "padding", "activation", "head_width", "head_bias")
 # how its images are prepared (`dataset`: which evaluation transform, CIFAR-10's or ImageNet's, with the keys after
 # it) and what its outputs mean
 EVALUATION_KEYS = ("dataset", "class_num", "image_size", "eval_resize", "interpolation", "image_mean", "image_std")

@@ -14,7 +14,7 @@ from src.model_utils.config import ROOT_DIR
 @pytest.mark.slow
 def test_benchmark_tiny_run_writes_every_field(tmp_path):
     output = tmp_path / "bench" / "result.json"
-    proc = subprocess.run([sys.executable, "-m", "src.benchmark", "--models", "mobilenet_v3_small:0.75",
+    proc = subprocess.run([sys.executable, "-m", "src.benchmark", "--models", "mobilenet_v3_small:0.75:padding=same",
                            "--batch_size", "4", "--image_size", "32", "--steps", "2", "--warmup", "1", "--repeats", "2",
                            "--compare", "torch,onnxruntime", "--torch_python", str(tmp_path / "no-python"),
                            "--baseline", ROOT_DIR, "--output", str(output)],
@@ -22,10 +22,11 @@ def test_benchmark_tiny_run_writes_every_field(tmp_path):
                           env={**os.environ, "TORCH_PYTHON": ""})
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(output.read_text())
-    assert [(row["model"], row["width_mult"]) for row in result["models"]] == [("mobilenet_v3_small", 0.75)]
+    assert [(row["model"], row["width_mult"], row["options"]) for row in result["models"]] == [
+        ("mobilenet_v3_small", 0.75, "padding=same")]
     for row in result["models"]:
         assert set(MODEL_FIELDS) <= set(row)
-        assert all(row[key] > 0 for key in MODEL_FIELDS if key not in ("model",))
+        assert all(row[key] > 0 for key in MODEL_FIELDS if key not in ("model", "options"))
     assert result["models"][0]["params"] == 2_041_872
     assert result["pipelines"]["cifar_pipeline_img_s"] > 0 and result["pipelines"]["jpeg_pipeline_img_s"] > 0
     assert result["pipelines"]["jpeg_heavy_pipeline_img_s"] > 0

@@ -78,6 +78,8 @@ def test_wrong_type_yaml(tmp_path):
     (["--epoch_size", "0"], "key 'epoch_size' must be >= 1; got 0"),
     (["--model", "resnet50"], "key 'model' must be one of mobilenet_v1, mobilenet_v3_small"),
     (["--model", "mobilenet_v3_large", "--width_mult", "0.5"], "key 'width_mult' must be one of 0.75, 1.0"),
+    (["--padding", "valid"], "key 'padding' must be one of symmetric, same, same_depthwise; got 'valid'"),
+    (["--head_width", "-1"], "key 'head_width' must be >= 0; got -1"),
     (["--epoch_size", "3", "--warmup_epochs", "5"], "warmup_epochs .5. is longer than training .epoch_size 3."),
     (["--decode_device", "Ascend", "--dataset", "imagenet2012"], "key 'decode_device' Ascend decodes ImageNet JPEGs "
      "on the Ascend device's DVPP and needs device_target Ascend and dataset imagenet2012; got device_target CPU, "

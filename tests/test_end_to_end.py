@@ -15,6 +15,7 @@ from src.demo_data import cifar10_records
 from src.model_card import read_card
 from src.lr_generator import get_lr
 from src.model_utils.config import ROOT_DIR
+from src.models import PAPER_OPTIONS
 
 pytestmark = pytest.mark.slow
 
@@ -69,9 +70,10 @@ def test_training_writes_checkpoints_metrics_and_logs(trained):
     assert any(name.startswith("moments.") for name in state)  # optimizer state travels with the weights
     # the model card: a checkpoint says what it is; the class names are the demo data's batches.meta.txt
     card = read_card(ms.load_checkpoint(os.path.join(ckpt_dir, "mobilenet_v1_best.ckpt")), "best")
-    assert card == {"model": "mobilenet_v1", "width_mult": 0.25, "bn_eps": 1e-3, "dataset": "cifar10", "class_num": 10,
-                    "image_size": 32, "eval_resize": 0, "interpolation": "bilinear", "image_mean": [0.485, 0.456, 0.406],
-                    "image_std": [0.229, 0.224, 0.225], "class_names": [str(d) for d in range(10)]}
+    assert card == {"model": "mobilenet_v1", "width_mult": 0.25, "bn_eps": 1e-3, **PAPER_OPTIONS, "dataset": "cifar10",
+                    "class_num": 10, "image_size": 32, "eval_resize": 0, "interpolation": "bilinear",
+                    "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
+                    "class_names": [str(d) for d in range(10)]}
     with open(os.path.join(out, "metrics.png"), "rb") as picture:
         assert picture.read(8) == b"\x89PNG\r\n\x1a\n"
 

@@ -41,10 +41,13 @@ def forward_and_grads(net, x):
     return net(x).asnumpy(), dx.asnumpy(), dw.asnumpy()
 
 
-def depthwise_pair(channels, k, stride):
-    """A built-in depthwise nn.Conv2d and the C++ depthwise op on its weight."""
-    builtin = nn.Conv2d(channels, channels, k, stride, pad_mode="pad", padding=k // 2, group=channels)
-    return builtin, KernelConv(builtin, depthwise_op(stride))
+def depthwise_pair(channels, k, stride, same=False):
+    """A built-in depthwise nn.Conv2d (padded k // 2, or "same") and the C++ depthwise op on its weight."""
+    if same:
+        builtin = nn.Conv2d(channels, channels, k, stride, pad_mode="same", group=channels)
+    else:
+        builtin = nn.Conv2d(channels, channels, k, stride, pad_mode="pad", padding=k // 2, group=channels)
+    return builtin, KernelConv(builtin, depthwise_op(stride, same))
 
 
 def assert_matches(expected, actual):
@@ -60,10 +63,13 @@ def test_kernel_library_builds():
 
 
 @pytest.mark.parametrize("mode", [ms.GRAPH_MODE], indirect=True)
-@pytest.mark.parametrize("k,stride", [(3, 1), (3, 2), (5, 1), (5, 2)])
+@pytest.mark.parametrize("k,stride,same", [(3, 1, False), (3, 2, False), (5, 1, False), (5, 2, False), (3, 2, True),
+                                           (5, 2, True)])
 @pytest.mark.parametrize("batch,height,width", SHAPES)
-def test_depthwise_matches_builtin(mode, k, stride, batch, height, width):
-    builtin, custom = depthwise_pair(3, k, stride)
+def test_depthwise_matches_builtin(mode, k, stride, same, batch, height, width):
+    """Symmetric padding, and TensorFlow's "same" (MindSpore's pad_mode "same": at stride 2 on an even size one row
+    and column less before, SHAPES has odd and even sizes)."""
+    builtin, custom = depthwise_pair(3, k, stride, same)
     x = random_input(batch, 3, height, width)
     assert_matches(forward_and_grads(builtin, x), forward_and_grads(custom, x))
 
@@ -136,18 +142,18 @@ class Im2ColConv(nn.Cell):
     def __init__(self, conv):
         super().__init__()
         self.conv = conv
-        self.im2col = im2col_op(3, conv.stride[0])
+        self.im2col = im2col_op(3, conv.stride[0], conv.pad_mode == "same")
 
     def construct(self, x):
         return ops.conv2d(self.im2col(x), self.conv.weight.reshape(8, 27, 1, 1))
 
 
 @pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], indirect=True)
-@pytest.mark.parametrize("stride", [1, 2])
-def test_stem_im2col_matches_builtin_convolution(mode, stride):
-    """The stem's dense 3x3 convolution as C++ im2col + 1x1 convolution equals MindSpore's Conv2D: output and
-    input / weight gradients, for changing input shapes (odd, even, non-square)."""
-    builtin = nn.Conv2d(3, 8, 3, stride, pad_mode="pad", padding=1, has_bias=False)
+@pytest.mark.parametrize("stride,pad_mode", [(1, "pad"), (2, "pad"), (2, "same")])
+def test_stem_im2col_matches_builtin_convolution(mode, stride, pad_mode):
+    """The stem's dense 3x3 convolution as C++ im2col + 1x1 convolution equals MindSpore's Conv2D (padding 1, or
+    "same"): output and input / weight gradients, for changing input shapes (odd, even, non-square)."""
+    builtin = nn.Conv2d(3, 8, 3, stride, pad_mode=pad_mode, padding=1 if pad_mode == "pad" else 0, has_bias=False)
     fast = Im2ColConv(builtin)
     for shape in ((2, 3, 9, 11), (3, 3, 16, 16), (1, 3, 7, 6)):
         x = random_input(*shape)
@@ -164,8 +170,8 @@ class DepthwiseBiasAct(nn.Cell):
     def __init__(self, conv, activation, fused):
         super().__init__()
         self.conv = conv
-        stride = conv.stride[0]
-        self.op = depthwise_bias_act_op(stride, activation) if fused else depthwise_op(stride)
+        stride, same = conv.stride[0], conv.pad_mode == "same"
+        self.op = depthwise_bias_act_op(stride, activation, same) if fused else depthwise_op(stride, same)
         self.fused, self.activation = fused, activation
 
     def construct(self, x, bias, dy):
@@ -175,11 +181,12 @@ class DepthwiseBiasAct(nn.Cell):
 
 
 @pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], indirect=True)
-@pytest.mark.parametrize("activation,stride", [(None, 1), ("relu", 2), ("relu6", 1), ("hswish", 2)])
-def test_depthwise_with_bias_activation_matches_separate_ops(mode, activation, stride):
+@pytest.mark.parametrize("activation,stride,pad_mode", [(None, 1, "pad"), ("relu", 2, "pad"), ("relu6", 1, "pad"),
+                                                       ("hswish", 2, "pad"), ("relu6", 2, "same")])
+def test_depthwise_with_bias_activation_matches_separate_ops(mode, activation, stride, pad_mode):
     """The inference epilogue fused into the depthwise kernel equals conv, bias_add, activation: forward and the
     gradients of input, weight and bias."""
-    conv = nn.Conv2d(6, 6, 3, stride, pad_mode="pad", padding=1, group=6)
+    conv = nn.Conv2d(6, 6, 3, stride, pad_mode=pad_mode, padding=1 if pad_mode == "pad" else 0, group=6)
     rng = np.random.default_rng(5)
     x = random_input(2, 6, 9, 8)
     bias = ms.Tensor(rng.standard_normal(6).astype(np.float32))

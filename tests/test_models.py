@@ -182,6 +182,76 @@ def test_each_rank_drops_its_own_units(monkeypatch):
     assert 0.6 < (masks[0] == masks[1]).mean() < 0.76  # independent (0.8^2 + 0.2^2 = 0.68)
 
 
+# ---- model options for other sources' weights (their logits: tests/test_convert.py) ----
+
+def _padding_of(net):
+    """(kernel, stride, group > 1, pad_mode) of every convolution with a kernel larger than 1."""
+    return [(c.kernel_size[0], c.stride[0], c.group > 1, c.pad_mode) for _, c in net.cells_and_names()
+            if isinstance(c, nn.Conv2d) and c.kernel_size[0] > 1]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_same_padding_is_mindspores_same_at_stride_2_and_symmetric_where_it_is_the_same(name):
+    """"same" pads TF-style every strided convolution ("same_depthwise": the depthwise ones only); at stride 1 TF's
+    "same" is the symmetric k // 2, kept as pad_mode "pad" (so the CPU kernels still take those layers)."""
+    for padding, stem in (("same", "same"), ("same_depthwise", "pad")):
+        convs = _padding_of(create_model(name, 10, padding=padding))
+        assert convs[0][:3] == (3, 2, False) and convs[0][3] == stem
+        assert all(mode == ("same" if stride == 2 else "pad") for _, stride, depthwise, mode in convs[1:])
+        assert all(depthwise for _, stride, depthwise, _ in convs[1:] if stride == 2)
+    assert {mode for *_, mode in _padding_of(create_model(name, 10))} == {"pad"}
+
+
+def test_same_padding_pads_the_bottom_and_right_at_stride_2():
+    """At stride 2 on an even size "same" pads k // 2 - 1 rows and columns before and k // 2 after (the 3x3 stem: none
+    at the top and left, one at the bottom and right), checked against the convolution written out in numpy."""
+    net = create_model("mobilenet_v1", 10, 0.25, padding="same")
+    net.set_train(False)
+    stem = net.features[0][0]
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    weight = stem.weight.asnumpy()
+    padded = np.pad(x, ((0, 0), (0, 0), (0, 1), (0, 1)))
+    expected = np.zeros((1, 8, 8, 8), np.float32)
+    for i in range(8):
+        for j in range(8):
+            expected[0, :, i, j] = np.tensordot(weight, padded[0, :, 2 * i:2 * i + 3, 2 * j:2 * j + 3], 3)
+    np.testing.assert_allclose(stem(ms.Tensor(x)).asnumpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_mobilenet_v1_activation_and_v3_head_options():
+    assert all(isinstance(c[-1], nn.ReLU) for c in create_model("mobilenet_v1", 10, activation="relu").features)
+    zoo_small = create_model("mobilenet_v3_small", 1000, head_width=1280, head_bias=False)
+    assert (zoo_small.head[0].out_channels, zoo_small.head[0].has_bias, zoo_small.classifier.in_channels) == (
+        1280, False, 1280)
+    assert count_params(zoo_small) == 2_542_856 + 576 * 256 - 1024 + 1000 * 256  # 1280 wide, no head bias
+
+
+def test_options_of_the_other_family_are_refused():
+    with pytest.raises(UserError, match="activation relu: the option is MobileNetV1's"):
+        create_model("mobilenet_v3_small", activation="relu")
+    with pytest.raises(UserError, match="mobilenet_v1 takes activation relu6 or relu and has no head layer"):
+        create_model("mobilenet_v1", head_width=1280)
+    with pytest.raises(UserError, match="padding 'valid' is not one of symmetric, same, same_depthwise"):
+        create_model("mobilenet_v1", padding="valid")
+
+
+def test_same_padding_exports_to_onnx(tmp_path):
+    """ONNX Runtime computes MindSpore's "same" padding the same (weights that pass the input on, see the pretrained
+    fixtures)."""
+    from tests.fixtures.make_pretrained_fixtures import synthetic_weights  # pylint: disable=import-outside-toplevel
+    net = create_model("mobilenet_v3_small", 10, padding="same")
+    weights = synthetic_weights([[p.name, list(p.shape), "float32"] for p in net.get_parameters()
+                                 if not p.name.endswith("calls")])
+    ms.load_param_into_net(net, {key: ms.Parameter(ms.Tensor(value), key) for key, value in weights.items()})
+    net.set_train(False)
+    x = np.random.default_rng(2).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    path = str(tmp_path / "net")
+    export_onnx(net, ms.Tensor(x), file_name=path, input_names=["image"], output_names=["logits"])
+    got = onnxruntime.InferenceSession(path + ".onnx", providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    want = net(ms.Tensor(x)).asnumpy()
+    assert np.abs(got - want).max() < 1e-4 * np.abs(want).max()
+
+
 # Cells a network may hold: MindSpore's standard cells and our standard-operator ones, nothing else (no custom op).
 STANDARD_CELLS = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Dense, nn.SequentialCell, nn.Identity, HSwish,
                   HSigmoid, GlobalAvgPool, Dropout, SqueezeExcite, InvertedResidual, MobileNetV1, MobileNetV3)

@@ -1,8 +1,9 @@
 // Depthwise 2-D convolution for MindSpore AOT custom ops on CPU: NCHW float32, weight (C, 1, k, k),
-// symmetric zero padding k / 2, no bias.  One exported symbol per stride and pass:
-//   DepthwiseForwardS{1,2}(x, w) -> y
-//   DepthwiseInputGradS{1,2}(x, w, dy) -> dx   (x gives only the shape)
-//   DepthwiseWeightGradS{1,2}(x, w, dy) -> dw  (w gives only the shape)
+// symmetric zero padding k / 2 (or TensorFlow's "same" at stride 2: the symbols with "Same"), no bias.  One exported
+// symbol per stride and pass:
+//   DepthwiseForward[Same]S{1,2}(x, w) -> y
+//   DepthwiseInputGrad[Same]S{1,2}(x, w, dy) -> dx   (x gives only the shape)
+//   DepthwiseWeightGrad[Same]S{1,2}(x, w, dy) -> dw  (w gives only the shape)
 // Each (n, c) plane is split into phase planes so that every kernel tap reads one contiguous run (depthwise_rows.h:
 // the geometry and the forward arithmetic, bitwise equal to the built-in convolution).  The input gradient is
 // gathered per phase plane (no scatter), the weight gradient is one task per channel (the same result for any
@@ -30,10 +31,10 @@ int64_t GradGridSize(const Geometry& g) { return Margin(g) + std::max(GridSize(g
 
 // Forward pass; with kBias the inference epilogue y = act(conv + bias[c]) (folded BatchNorm) is applied while
 // the plane is written, saving a pass over the output.
-template <int64_t S, bool kBias, typename Act>
+template <int64_t S, bool kSame, bool kBias, typename Act>
 int ForwardImpl(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
   Geometry g;
-  if (nparam != (kBias ? 4 : 3) || !MakeGeometry(2, ndims, shapes, dtypes, S, &g)) return 1;
+  if (nparam != (kBias ? 4 : 3) || !MakeGeometry(2, ndims, shapes, dtypes, S, kSame, &g)) return 1;
   if (kBias && (ndims[2] != 1 || shapes[2][0] != g.c || std::strcmp(dtypes[2], "float32") != 0)) return 1;
   const float* x = static_cast<const float*>(params[0]);
   const float* w = static_cast<const float*>(params[1]);
@@ -49,20 +50,20 @@ int ForwardImpl(int nparam, void** params, int* ndims, int64_t** shapes, const c
   return 0;
 }
 
-template <int64_t S>
+template <int64_t S, bool kSame>
 int Forward(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
-  return ForwardImpl<S, false, Identity>(nparam, params, ndims, shapes, dtypes);
+  return ForwardImpl<S, kSame, false, Identity>(nparam, params, ndims, shapes, dtypes);
 }
 
-template <int64_t S, typename Act>
+template <int64_t S, bool kSame, typename Act>
 int ForwardBiasAct(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
-  return ForwardImpl<S, true, Act>(nparam, params, ndims, shapes, dtypes);
+  return ForwardImpl<S, kSame, true, Act>(nparam, params, ndims, shapes, dtypes);
 }
 
-template <int64_t S>
+template <int64_t S, bool kSame>
 int InputGrad(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
   Geometry g;
-  if (nparam != 4 || !MakeGeometry(nparam, ndims, shapes, dtypes, S, &g)) return 1;
+  if (nparam != 4 || !MakeGeometry(nparam, ndims, shapes, dtypes, S, kSame, &g)) return 1;
   const float* w = static_cast<const float*>(params[1]);
   const float* dy = static_cast<const float*>(params[2]);
   float* dx = static_cast<float*>(params[3]);
@@ -103,10 +104,10 @@ int InputGrad(int nparam, void** params, int* ndims, int64_t** shapes, const cha
   return 0;
 }
 
-template <int64_t S>
+template <int64_t S, bool kSame>
 int WeightGrad(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
   Geometry g;
-  if (nparam != 4 || !MakeGeometry(nparam, ndims, shapes, dtypes, S, &g)) return 1;
+  if (nparam != 4 || !MakeGeometry(nparam, ndims, shapes, dtypes, S, kSame, &g)) return 1;
   const float* x = static_cast<const float*>(params[0]);
   const float* dy = static_cast<const float*>(params[2]);
   float* dw = static_cast<float*>(params[3]);
@@ -147,19 +148,27 @@ int WeightGrad(int nparam, void** params, int* ndims, int64_t** shapes, const ch
 
 }  // namespace
 
-AOT_EXPORT(DepthwiseForwardS1, Forward<1>)
-AOT_EXPORT(DepthwiseForwardS2, Forward<2>)
-AOT_EXPORT(DepthwiseInputGradS1, InputGrad<1>)
-AOT_EXPORT(DepthwiseInputGradS2, InputGrad<2>)
-AOT_EXPORT(DepthwiseWeightGradS1, WeightGrad<1>)
-AOT_EXPORT(DepthwiseWeightGradS2, WeightGrad<2>)
+AOT_EXPORT(DepthwiseForwardS1, Forward<1, false>)
+AOT_EXPORT(DepthwiseForwardS2, Forward<2, false>)
+AOT_EXPORT(DepthwiseInputGradS1, InputGrad<1, false>)
+AOT_EXPORT(DepthwiseInputGradS2, InputGrad<2, false>)
+AOT_EXPORT(DepthwiseWeightGradS1, WeightGrad<1, false>)
+AOT_EXPORT(DepthwiseWeightGradS2, WeightGrad<2, false>)
+// "same" padding differs from the symmetric only at stride 2
+AOT_EXPORT(DepthwiseForwardSameS2, Forward<2, true>)
+AOT_EXPORT(DepthwiseInputGradSameS2, InputGrad<2, true>)
+AOT_EXPORT(DepthwiseWeightGradSameS2, WeightGrad<2, true>)
 
-// DepthwiseForward{Identity,ReLU,ReLU6,HSwish}S{1,2}(x, w, bias) -> act(conv(x, w) + bias[c])  (inference)
-AOT_EXPORT(DepthwiseForwardIdentityS1, ForwardBiasAct<1, Identity>)
-AOT_EXPORT(DepthwiseForwardIdentityS2, ForwardBiasAct<2, Identity>)
-AOT_EXPORT(DepthwiseForwardReLUS1, ForwardBiasAct<1, ReLU>)
-AOT_EXPORT(DepthwiseForwardReLUS2, ForwardBiasAct<2, ReLU>)
-AOT_EXPORT(DepthwiseForwardReLU6S1, ForwardBiasAct<1, ReLU6>)
-AOT_EXPORT(DepthwiseForwardReLU6S2, ForwardBiasAct<2, ReLU6>)
-AOT_EXPORT(DepthwiseForwardHSwishS1, ForwardBiasAct<1, HSwish>)
-AOT_EXPORT(DepthwiseForwardHSwishS2, ForwardBiasAct<2, HSwish>)
+// DepthwiseForward{Identity,ReLU,ReLU6,HSwish}[Same]S{1,2}(x, w, bias) -> act(conv(x, w) + bias[c])  (inference)
+AOT_EXPORT(DepthwiseForwardIdentityS1, ForwardBiasAct<1, false, Identity>)
+AOT_EXPORT(DepthwiseForwardIdentityS2, ForwardBiasAct<2, false, Identity>)
+AOT_EXPORT(DepthwiseForwardReLUS1, ForwardBiasAct<1, false, ReLU>)
+AOT_EXPORT(DepthwiseForwardReLUS2, ForwardBiasAct<2, false, ReLU>)
+AOT_EXPORT(DepthwiseForwardReLU6S1, ForwardBiasAct<1, false, ReLU6>)
+AOT_EXPORT(DepthwiseForwardReLU6S2, ForwardBiasAct<2, false, ReLU6>)
+AOT_EXPORT(DepthwiseForwardHSwishS1, ForwardBiasAct<1, false, HSwish>)
+AOT_EXPORT(DepthwiseForwardHSwishS2, ForwardBiasAct<2, false, HSwish>)
+AOT_EXPORT(DepthwiseForwardIdentitySameS2, ForwardBiasAct<2, true, Identity>)
+AOT_EXPORT(DepthwiseForwardReLUSameS2, ForwardBiasAct<2, true, ReLU>)
+AOT_EXPORT(DepthwiseForwardReLU6SameS2, ForwardBiasAct<2, true, ReLU6>)
+AOT_EXPORT(DepthwiseForwardHSwishSameS2, ForwardBiasAct<2, true, HSwish>)

@@ -1,5 +1,6 @@
 // The depthwise convolution's geometry and forward arithmetic, shared by depthwise_kernel.cc and the depthwise +
-// pointwise op of pointwise_kernel.cc: NCHW float32, weight (C, 1, k, k), symmetric zero padding k / 2, no bias.
+// pointwise op of pointwise_kernel.cc: NCHW float32, weight (C, 1, k, k) of odd k, zero padding k / 2 (symmetric) or
+// TensorFlow's "same" (at stride 2 on an even size one row / column less before, k / 2 after), no bias.
 // A plane (or a strip of its output rows) is padded and split into stride x stride phase planes,
 // phase(a, b)[i][j] = padded[a + s * i][b + s * j], so every kernel tap reads one contiguous run (see CHUNK below):
 // the inner loops are multiply-adds on 32 floats held in registers, summing the taps of each output in row-major
@@ -16,7 +17,8 @@
 
 struct Geometry {
   int64_t n, c, h, w;  // input
-  int64_t k, s, p;     // kernel size, stride, padding
+  int64_t k, s, p;     // kernel size, stride, padding after the input (k / 2)
+  int64_t pt, pl;      // padding before the input: rows (top), columns (left)
   int64_t ho, wo;      // output
   int64_t ph, pw;      // phase plane of the whole input plane
   int64_t plane() const { return ph * pw; }
@@ -25,9 +27,16 @@ struct Geometry {
   int64_t phase_rows(int64_t rows) const { return rows + (k - 1) / s; }
 };
 
-// Geometry of x (shapes[0]) and a depthwise weight (shapes[1]) at stride s; checks the first nparam tensors are 4-D
-// float32.
-inline bool MakeGeometry(int nparam, int* ndims, int64_t** shapes, const char** dtypes, int64_t s, Geometry* g) {
+// TensorFlow's "same" padding before a dimension of `size` (odd kernel k, stride s): half the total padding that
+// makes ceil(size / s) outputs, the odd one after.  k / 2 at stride 1 or on an odd size at stride 2.
+inline int64_t SamePaddingBefore(int64_t size, int64_t k, int64_t s) {
+  return std::max<int64_t>(((size + s - 1) / s - 1) * s + k - size, 0) / 2;
+}
+
+// Geometry of x (shapes[0]) and a depthwise weight (shapes[1]) at stride s, padded "same" or symmetrically (the same
+// output size for odd k); checks the first nparam tensors are 4-D float32.
+inline bool MakeGeometry(int nparam, int* ndims, int64_t** shapes, const char** dtypes, int64_t s, bool same,
+                         Geometry* g) {
   for (int i = 0; i < nparam; ++i) {
     if (ndims[i] != 4 || std::strcmp(dtypes[i], "float32") != 0) return false;
   }
@@ -40,6 +49,8 @@ inline bool MakeGeometry(int nparam, int* ndims, int64_t** shapes, const char** 
   g->k = w[2];
   g->s = s;
   g->p = g->k / 2;
+  g->pt = same ? SamePaddingBefore(g->h, g->k, s) : g->p;
+  g->pl = same ? SamePaddingBefore(g->w, g->k, s) : g->p;
   if (w[0] != g->c || w[1] != 1 || w[3] != g->k || g->k > 8) return false;
   g->ho = (g->h + 2 * g->p - g->k) / s + 1;
   g->wo = (g->w + 2 * g->p - g->k) / s + 1;
@@ -48,14 +59,14 @@ inline bool MakeGeometry(int nparam, int* ndims, int64_t** shapes, const char** 
   return g->ho > 0 && g->wo > 0;
 }
 
-// Columns col of phase column-offset b that hold input columns: x = S * col + b - p in [0, w).
+// Columns col of phase column-offset b that hold input columns: x = S * col + b - pl in [0, w).
 struct Columns {
   int64_t begin, end;
 };
 template <int64_t S>
 Columns PhaseColumns(const Geometry& g, int64_t b) {
-  const int64_t begin = std::max<int64_t>(0, (g.p - b + S - 1) / S);
-  const int64_t end = std::min<int64_t>(g.pw, (g.w - 1 - b + g.p) / S + 1);
+  const int64_t begin = std::max<int64_t>(0, (g.pl - b + S - 1) / S);
+  const int64_t end = std::min<int64_t>(g.pw, (g.w - 1 - b + g.pl) / S + 1);
   return {begin, std::max(begin, end)};
 }
 
@@ -67,9 +78,9 @@ void SplitRows(const float* src, const Geometry& g, int64_t row0, int64_t phase_
   std::fill(phases, phases + S * S * plane, 0.0f);
   for (int64_t i = 0; i < phase_rows; ++i) {
     for (int64_t a = 0; a < S; ++a) {
-      const int64_t y = S * (row0 + i) + a - g.p;  // input row of padded row S * (row0 + i) + a
+      const int64_t y = S * (row0 + i) + a - g.pt;  // input row of padded row S * (row0 + i) + a
       if (y < 0 || y >= g.h) continue;
-      const float* row = src + y * g.w - g.p;
+      const float* row = src + y * g.w - g.pl;
       for (int64_t b = 0; b < S; ++b) {
         float* dst = phases + (a * S + b) * plane + i * g.pw;
         const Columns cols = PhaseColumns<S>(g, b);
@@ -89,8 +100,8 @@ void Split(const float* src, const Geometry& g, float* phases) {
 template <int64_t S>
 void Merge(const float* phases, const Geometry& g, float* dst) {
   for (int64_t y = 0; y < g.h; ++y) {
-    const int64_t py = y + g.p;
-    float* row = dst + y * g.w - g.p;
+    const int64_t py = y + g.pt;
+    float* row = dst + y * g.w - g.pl;
     for (int64_t b = 0; b < S; ++b) {
       const float* src = phases + ((py % S) * S + b) * g.plane() + (py / S) * g.pw;
       const Columns cols = PhaseColumns<S>(g, b);

@@ -85,30 +85,32 @@ class ConvBNAct(FusedCell):
 
 
 class DepthwiseConvBNAct(ConvBNAct):
-    """`ConvBNAct` of a depthwise convolution (k x k, padding k // 2, stride 1 or 2): forward and gradients by the
-    C++ kernel (the built-in grouped convolution runs as im2col + GEMM on CPU), bias + activation in its output pass
-    in inference."""
+    """`ConvBNAct` of a depthwise convolution (k x k, padding k // 2 or "same" at stride 2, stride 1 or 2): forward
+    and gradients by the C++ kernel (the built-in grouped convolution runs as im2col + GEMM on CPU), bias +
+    activation in its output pass in inference."""
 
     def __init__(self, conv, bn, act, activation):
-        stride = conv.stride[0]
-        super().__init__(conv, bn, act, activation, conv_bias_act=depthwise_bias_act_op(stride, activation))
-        self.kernel = depthwise_op(stride)
+        stride, self.same = conv.stride[0], conv.pad_mode == "same"
+        super().__init__(conv, bn, act, activation,
+                         conv_bias_act=depthwise_bias_act_op(stride, activation, self.same))
+        self.kernel = depthwise_op(stride, self.same)
 
     def convolve(self, x, weight):
         return self.kernel(x, weight)
 
 
 class StemConvBNAct(ConvBNAct):
-    """`ConvBNAct` of a dense k x k convolution (the stem) as C++ im2col + a 1x1 convolution: oneDNN runs MindSpore's
-    CPU Conv2D k x k on plain NCHW with its reference kernel (the 3 -> 16 stem at batch 32, 224x224: ~700 ms
-    forward), while im2col + 1x1 runs as a GEMM (~10-16 ms).  In inference a 3x3 stride-2 stem of up to 4 input
-    channels and an even number of outputs is one direct op with bias + activation."""
+    """`ConvBNAct` of a dense k x k convolution (the stem; padding k // 2, or "same" at stride 2) as C++ im2col + a
+    1x1 convolution: oneDNN runs MindSpore's CPU Conv2D k x k on plain NCHW with its reference kernel (the 3 -> 16 stem
+    at batch 32, 224x224: ~700 ms forward), while im2col + 1x1 runs as a GEMM (~10-16 ms).  In inference a 3x3
+    stride-2 stem of up to 4 input channels and an even number of outputs is one direct op with bias + activation."""
 
     def __init__(self, conv, bn, act, activation):
-        k, stride = conv.kernel_size[0], conv.stride[0]
+        k, stride, same = conv.kernel_size[0], conv.stride[0], conv.pad_mode == "same"
         direct = k == 3 and stride == 2 and conv.in_channels <= 4 and conv.out_channels % 2 == 0
-        super().__init__(conv, bn, act, activation, conv_bias_act=stem_bias_act_op(activation) if direct else None)
-        self.im2col = im2col_op(k, stride)
+        super().__init__(conv, bn, act, activation,
+                         conv_bias_act=stem_bias_act_op(activation, same) if direct else None)
+        self.im2col = im2col_op(k, stride, same)
 
     def convolve(self, x, weight):
         c = x.shape[1]
@@ -137,7 +139,7 @@ class DepthwisePointwise(FusedCell):
         super().__init__()
         self.depthwise, self.pointwise = depthwise, pointwise
         stride, activation = depthwise.conv.stride[0], depthwise.activation
-        self.op = depthwise_pointwise_op(stride, activation, pointwise.activation)
+        self.op = depthwise_pointwise_op(stride, activation, pointwise.activation, depthwise.same)
         self.op_shortcut = depthwise_pointwise_op(stride, activation, "residual") if pointwise.activation is None \
             else None
 

@@ -1,7 +1,9 @@
 // im2col / col2im for MindSpore AOT custom ops on CPU: the dense k x k convolution (the stem) as columns for a
-// 1x1 convolution.  NCHW float32, symmetric zero padding k / 2; k follows from the shapes (C * k * k columns).
-//   Im2ColS{1,2}(x) -> cols        cols[n, (c * k + kh) * k + kw, oh, ow] = x[n, c, s * oh + kh - p, s * ow + kw - p]
-//   Col2ImS{1,2}(x, dcols) -> dx   the sum of the columns back into the input (x gives only the shape)
+// 1x1 convolution.  NCHW float32, zero padding k / 2 (odd k) before and after, or TensorFlow's "same" at stride 2 (the
+// symbols with "Same": pt rows and pl columns before, see SamePaddingBefore); k follows from the shapes (C * k * k
+// columns).
+//   Im2Col[Same]S{1,2}(x) -> cols        cols[n, (c * k + kh) * k + kw, oh, ow] = x[n, c, s * oh + kh - pt, s * ow + kw - pl]
+//   Col2Im[Same]S{1,2}(x, dcols) -> dx   the sum of the columns back into the input (x gives only the shape)
 
 #include <algorithm>
 #include <cmath>
@@ -15,9 +17,16 @@ namespace {
 
 struct Geometry {
   int64_t n, c, h, w, k, p, ho, wo;
+  int64_t pt, pl;  // padding before the input: rows (top), columns (left)
 };
 
-template <int64_t S>
+// TensorFlow's "same" padding before a dimension of `size` (odd kernel k, stride s): half the total padding that
+// makes ceil(size / s) outputs, the odd one after.  k / 2 at stride 1 or on an odd size at stride 2.
+int64_t SamePaddingBefore(int64_t size, int64_t k, int64_t s) {
+  return std::max<int64_t>(((size + s - 1) / s - 1) * s + k - size, 0) / 2;
+}
+
+template <int64_t S, bool kSame>
 bool MakeGeometry(int* ndims, int64_t** shapes, const char** dtypes, int nparam, Geometry* g) {
   for (int i = 0; i < nparam; ++i) {
     if (ndims[i] != 4 || std::strcmp(dtypes[i], "float32") != 0) return false;
@@ -30,6 +39,8 @@ bool MakeGeometry(int* ndims, int64_t** shapes, const char** dtypes, int nparam,
   g->w = x[3];
   g->k = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(cols[1]) / g->c)));
   g->p = g->k / 2;
+  g->pt = kSame ? SamePaddingBefore(g->h, g->k, S) : g->p;
+  g->pl = kSame ? SamePaddingBefore(g->w, g->k, S) : g->p;
   g->ho = (g->h + 2 * g->p - g->k) / S + 1;
   g->wo = (g->w + 2 * g->p - g->k) / S + 1;
   return g->c * g->k * g->k == cols[1] && cols[0] == g->n && cols[2] == g->ho && cols[3] == g->wo;
@@ -39,15 +50,15 @@ bool MakeGeometry(int* ndims, int64_t** shapes, const char** dtypes, int nparam,
 template <int64_t S>
 void ValidColumns(const Geometry& g, int64_t kw, int64_t* begin, int64_t* end) {
   *begin = 0;
-  while (*begin < g.wo && S * *begin + kw - g.p < 0) ++*begin;
+  while (*begin < g.wo && S * *begin + kw - g.pl < 0) ++*begin;
   *end = g.wo;
-  while (*end > *begin && S * (*end - 1) + kw - g.p >= g.w) --*end;
+  while (*end > *begin && S * (*end - 1) + kw - g.pl >= g.w) --*end;
 }
 
-template <int64_t S>
+template <int64_t S, bool kSame>
 int Im2Col(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
   Geometry g;
-  if (nparam != 2 || !MakeGeometry<S>(ndims, shapes, dtypes, nparam, &g)) return 1;
+  if (nparam != 2 || !MakeGeometry<S, kSame>(ndims, shapes, dtypes, nparam, &g)) return 1;
   const float* x = static_cast<const float*>(params[0]);
   float* cols = static_cast<float*>(params[1]);
   const int64_t taps = g.k * g.k, planes = g.n * g.c * taps;
@@ -60,12 +71,12 @@ int Im2Col(int nparam, void** params, int* ndims, int64_t** shapes, const char**
       ValidColumns<S>(g, kw, &begin, &end);
       for (int64_t oh = 0; oh < g.ho; ++oh) {
         float* row = dst + oh * g.wo;
-        const int64_t iy = S * oh + kh - g.p;
+        const int64_t iy = S * oh + kh - g.pt;
         if (iy < 0 || iy >= g.h) {
           std::memset(row, 0, g.wo * sizeof(float));
           continue;
         }
-        const float* in = src + iy * g.w + kw - g.p;
+        const float* in = src + iy * g.w + kw - g.pl;
         for (int64_t ow = 0; ow < begin; ++ow) row[ow] = 0.0f;
         for (int64_t ow = begin; ow < end; ++ow) row[ow] = in[S * ow];
         for (int64_t ow = end; ow < g.wo; ++ow) row[ow] = 0.0f;
@@ -75,10 +86,10 @@ int Im2Col(int nparam, void** params, int* ndims, int64_t** shapes, const char**
   return 0;
 }
 
-template <int64_t S>
+template <int64_t S, bool kSame>
 int Col2Im(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
   Geometry g;
-  if (nparam != 3 || !MakeGeometry<S>(ndims, shapes, dtypes, 2, &g)) return 1;
+  if (nparam != 3 || !MakeGeometry<S, kSame>(ndims, shapes, dtypes, 2, &g)) return 1;
   const float* cols = static_cast<const float*>(params[1]);
   float* dx = static_cast<float*>(params[2]);
   const int64_t taps = g.k * g.k, planes = g.n * g.c;
@@ -92,9 +103,9 @@ int Col2Im(int nparam, void** params, int* ndims, int64_t** shapes, const char**
         int64_t begin, end;
         ValidColumns<S>(g, kw, &begin, &end);
         for (int64_t oh = 0; oh < g.ho; ++oh) {
-          const int64_t iy = S * oh + kh - g.p;
+          const int64_t iy = S * oh + kh - g.pt;
           if (iy < 0 || iy >= g.h) continue;
-          float* out = dst + iy * g.w + kw - g.p;
+          float* out = dst + iy * g.w + kw - g.pl;
           const float* row = src + oh * g.wo;
           for (int64_t ow = begin; ow < end; ++ow) out[S * ow] += row[ow];
         }
@@ -106,14 +117,17 @@ int Col2Im(int nparam, void** params, int* ndims, int64_t** shapes, const char**
 
 }  // namespace
 
-AOT_EXPORT(Im2ColS1, Im2Col<1>)
-AOT_EXPORT(Im2ColS2, Im2Col<2>)
-AOT_EXPORT(Col2ImS1, Col2Im<1>)
-AOT_EXPORT(Col2ImS2, Col2Im<2>)
+AOT_EXPORT(Im2ColS1, Im2Col<1, false>)
+AOT_EXPORT(Im2ColS2, Im2Col<2, false>)
+AOT_EXPORT(Col2ImS1, Col2Im<1, false>)
+AOT_EXPORT(Col2ImS2, Col2Im<2, false>)
+AOT_EXPORT(Im2ColSameS2, Im2Col<2, true>)
+AOT_EXPORT(Col2ImSameS2, Col2Im<2, true>)
 
-// The stem in inference: a dense 3x3 convolution at stride 2 (padding 1) of a few input channels with bias +
-// activation (BatchNorm folded), computed directly: NCHW float32 x (N, C, H, W), w (O, C, 3, 3), bias (O,)
-//   StemConv3x3S2{Identity,ReLU,ReLU6,HSwish}(x, w, bias) -> y (N, O, Ho, Wo), O even
+// The stem in inference: a dense 3x3 convolution at stride 2 (padding 1, or TensorFlow's "same": none before an even
+// size) of a few input channels with bias + activation (BatchNorm folded), computed directly: NCHW float32
+// x (N, C, H, W), w (O, C, 3, 3), bias (O,)
+//   StemConv3x3[Same]S2{Identity,ReLU,ReLU6,HSwish}(x, w, bias) -> y (N, O, Ho, Wo), O even
 // One task per output row: the three input rows of each channel are split into even and odd columns, so every
 // tap of 16 neighbouring outputs is two vector loads, shared by two output channels; taps are summed in
 // im2col's column order (c, kh, kw) with fused multiply-adds.
@@ -122,7 +136,7 @@ namespace {
 
 constexpr int64_t kStemBlock = 16;
 
-template <typename Act>
+template <bool kSame, typename Act>
 int StemConv3x3S2(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
   if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 1 || ndims[3] != 4 || !AllFloat32(4, dtypes))
     return 1;
@@ -135,10 +149,14 @@ int StemConv3x3S2(int nparam, void** params, int* ndims, int64_t** shapes, const
   const float* weight = static_cast<const float*>(params[1]);
   const float* bias = static_cast<const float*>(params[2]);
   float* y = static_cast<float*>(params[3]);
+  // padding before the rows and columns; the columns are read shifted left by 1 - pl so that the taps read the same
+  // even / odd planes as with padding 1
+  const int64_t pt = kSame ? SamePaddingBefore(h, 3, 2) : 1, shift = 1 - (kSame ? SamePaddingBefore(w, 3, 2) : 1);
   const int64_t blocks = (wo + kStemBlock - 1) / kStemBlock;
   const int64_t span = blocks * kStemBlock + 1;  // phase row length: outputs, one column of lead, zero slack
   ParallelFor(n * ho, n * ho * o * wo > 65536, [&](int64_t first, int64_t last) {
-    // rows[(ci * 3 + kh) * 2 + phase]: even[j] = x[2j], odd[j] = x[2j - 1] of input row 2 * oh + kh - 1
+    // rows[(ci * 3 + kh) * 2 + phase]: even[j] = x[2j + shift], odd[j] = x[2j - 1 + shift] of input row
+    // 2 * oh + kh - pt
     std::vector<float> rows(c * 3 * 2 * span);
     float out[kStemBlock];
     for (int64_t task = first; task < last; ++task) {
@@ -146,13 +164,13 @@ int StemConv3x3S2(int nparam, void** params, int* ndims, int64_t** shapes, const
       std::fill(rows.begin(), rows.end(), 0.0f);
       for (int64_t ci = 0; ci < c; ++ci) {
         for (int64_t kh = 0; kh < 3; ++kh) {
-          const int64_t iy = 2 * oh + kh - 1;
+          const int64_t iy = 2 * oh + kh - pt;
           if (iy < 0 || iy >= h) continue;
-          const float* src = x + ((b * c + ci) * h + iy) * w;
+          const float* src = x + ((b * c + ci) * h + iy) * w + shift;
           float* even = rows.data() + ((ci * 3 + kh) * 2) * span;
           float* odd = even + span;
-          for (int64_t j = 0; 2 * j < w; ++j) even[j] = src[2 * j];
-          for (int64_t j = 1; 2 * j - 1 < w; ++j) odd[j] = src[2 * j - 1];
+          for (int64_t j = 0; 2 * j + shift < w; ++j) even[j] = src[2 * j];
+          for (int64_t j = 1 - shift; 2 * j - 1 + shift < w; ++j) odd[j] = src[2 * j - 1];
         }
       }
       for (int64_t oc = 0; oc < o; oc += 2) {  // two output channels share every load
@@ -209,7 +227,11 @@ int StemConv3x3S2(int nparam, void** params, int* ndims, int64_t** shapes, const
 
 }  // namespace
 
-AOT_EXPORT(StemConv3x3S2Identity, StemConv3x3S2<Identity>)
-AOT_EXPORT(StemConv3x3S2ReLU, StemConv3x3S2<ReLU>)
-AOT_EXPORT(StemConv3x3S2ReLU6, StemConv3x3S2<ReLU6>)
-AOT_EXPORT(StemConv3x3S2HSwish, StemConv3x3S2<HSwish>)
+AOT_EXPORT(StemConv3x3S2Identity, StemConv3x3S2<false, Identity>)
+AOT_EXPORT(StemConv3x3S2ReLU, StemConv3x3S2<false, ReLU>)
+AOT_EXPORT(StemConv3x3S2ReLU6, StemConv3x3S2<false, ReLU6>)
+AOT_EXPORT(StemConv3x3S2HSwish, StemConv3x3S2<false, HSwish>)
+AOT_EXPORT(StemConv3x3SameS2Identity, StemConv3x3S2<true, Identity>)
+AOT_EXPORT(StemConv3x3SameS2ReLU, StemConv3x3S2<true, ReLU>)
+AOT_EXPORT(StemConv3x3SameS2ReLU6, StemConv3x3S2<true, ReLU6>)
+AOT_EXPORT(StemConv3x3SameS2HSwish, StemConv3x3S2<true, HSwish>)

@@ -49,8 +49,8 @@ def _float32(*cells) -> bool:
 
 def _conv_bn_act(cell):
     """(conv, bn, act, activation name) of a standard conv -> BatchNorm -> activation `cell` that the kernels know
-    (float32 NCHW, no bias, square kernel of odd size with symmetric padding k // 2, stride 1 or 2, no dilation),
-    else None."""
+    (float32 NCHW, no bias, square kernel of odd size with symmetric padding k // 2, or pad_mode "same" at stride 2,
+    stride 1 or 2, no dilation), else None."""
     if type(cell) is not nn.SequentialCell or len(cell) not in (2, 3):
         return None
     conv, bn, act = cell[0], cell[1], cell[2] if len(cell) == 3 else None
@@ -59,8 +59,10 @@ def _conv_bn_act(cell):
         return None
     k, stride = conv.kernel_size, conv.stride
     padding = conv.padding if isinstance(conv.padding, tuple) else (conv.padding,) * 4
-    if (conv.has_bias or conv.data_format != "NCHW" or conv.pad_mode != "pad" or k[0] != k[1] or k[0] % 2 == 0
-            or set(padding) != {k[0] // 2} or stride[0] != stride[1] or stride[0] not in STRIDES
+    padded = ((conv.pad_mode == "pad" and set(padding) == {k[0] // 2})
+              or (conv.pad_mode == "same" and tuple(stride) == (2, 2)))
+    if (conv.has_bias or conv.data_format != "NCHW" or not padded or k[0] != k[1] or k[0] % 2 == 0
+            or stride[0] != stride[1] or stride[0] not in STRIDES
             or tuple(conv.dilation) != (1, 1) or not _float32(*cell.cell_list)):
         return None
     return conv, bn, act, None if act is None else ACTIVATIONS[type(act)]

@@ -3,7 +3,8 @@ conv -> BatchNorm -> activation with the BatchNorm folded."""
 import mindspore.ops as ops
 
 from src.kernels.bias_act import ACTIVATION_SYMBOLS, activation_grad
-from src.kernels.depthwise import conv_output_shape, depthwise_bias_act_op, depthwise_grad_ops, depthwise_op
+from src.kernels.depthwise import (conv_output_shape, depthwise_bias_act_op, depthwise_grad_ops, depthwise_op,
+                                   padding_symbol)
 from src.kernels.library import aot
 
 
@@ -37,12 +38,14 @@ def pointwise_residual_op():
 
 
 # (depthwise activation, pointwise activation or "residual") pairs the kernel library exports, for any stride (the
-# shortcut: stride 1 only): MobileNetV1's blocks and MobileNetV3's blocks without squeeze-excite.
-SEPARABLE = {("relu6", "relu6"), ("relu", None), ("hswish", None), ("relu", "residual"), ("hswish", "residual")}
+# shortcut: stride 1 only): MobileNetV1's blocks (mindcv's with ReLU) and MobileNetV3's blocks without squeeze-excite.
+SEPARABLE = {("relu6", "relu6"), ("relu", "relu"), ("relu", None), ("hswish", None), ("relu", "residual"),
+             ("hswish", "residual")}
 
 
-def depthwise_pointwise_op(stride, depthwise_activation, activation):
-    """Custom op y = act(conv1x1(dwact(depthwise(x, wd) + bd[c]), w) + bias[o]), called as op(x, wd, bd, w, bias),
+def depthwise_pointwise_op(stride, depthwise_activation, activation, same=False):
+    """Custom op y = act(conv1x1(dwact(depthwise(x, wd) + bd[c]), w) + bias[o]) (the depthwise convolution padded
+    "same" with `same`), called as op(x, wd, bd, w, bias),
     or with `activation` "residual" (stride 1) y = conv1x1(...) + bias[o] + shortcut, called as
     op(x, wd, bd, w, bias, shortcut): a depthwise conv -> BatchNorm -> activation and a 1x1 conv -> BatchNorm ->
     activation in inference, both BatchNorms folded, in one pass with its gradient as bprop.  None where the library
@@ -50,9 +53,9 @@ def depthwise_pointwise_op(stride, depthwise_activation, activation):
     residual = activation == "residual"
     if (depthwise_activation, activation) not in SEPARABLE or (residual and stride != 1):
         return None
-    depthwise = depthwise_op(stride)
-    input_grad, weight_grad = depthwise_grad_ops(stride)
-    depthwise_bias_act = depthwise_bias_act_op(stride, depthwise_activation)
+    depthwise = depthwise_op(stride, same)
+    input_grad, weight_grad = depthwise_grad_ops(stride, same)
+    depthwise_bias_act = depthwise_bias_act_op(stride, depthwise_activation, same)
     pointwise_activation = None if residual else activation
 
     def grads(x, wd, bd, w, bias, dout):
@@ -75,4 +78,4 @@ def depthwise_pointwise_op(stride, depthwise_activation, activation):
     def bprop(x, wd, bd, w, bias, out, dout):
         return grads(x, wd, bd, w, bias, dout)
 
-    return aot(f"{name}{ACTIVATION_SYMBOLS[activation]}S{stride}", out_shape, bprop)
+    return aot(f"{name}{ACTIVATION_SYMBOLS[activation]}{padding_symbol(stride, same)}", out_shape, bprop)

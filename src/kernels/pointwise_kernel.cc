@@ -7,7 +7,7 @@
 // multiply-adds, then bias, activation (and shortcut) while the block is stored: one pass over the output instead
 // of MindSpore's Conv2D (oneDNN on plain NCHW) followed by a bias + activation pass.  Every output is summed in the
 // same order for any thread count.
-//   Separable{DwAct}{Act}S{1,2}(x, wd, bd, w, bias) -> y = act(w dwact(depthwise(x, wd) + bd) + bias)
+//   Separable{DwAct}{Act}[Same]S{1,2}(x, wd, bd, w, bias) -> y = act(w dwact(depthwise(x, wd) + bd) + bias)
 //   Separable{DwAct}ResidualS1(x, wd, bd, w, bias, r) -> y = (w dwact(depthwise(x, wd) + bd) + bias) + r
 // The depthwise convolution (depthwise_rows.h) then this GEMM in one op: the depthwise output of a strip of rows is
 // the GEMM's packed panel (L2) instead of a tensor written to and read back from memory.
@@ -67,13 +67,13 @@ int Pointwise(int nparam, void** params, int* ndims, int64_t** shapes, const cha
   return narrow::Gemm<Act, kResidual>(nparam, params, ndims, shapes, dtypes);
 }
 
-template <int64_t S, typename DwAct, typename Act, bool kResidual>
+template <int64_t S, bool kSame, typename DwAct, typename Act, bool kResidual>
 int DepthwisePointwise(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
 #if defined(__x86_64__)
   static const bool has_avx512 = __builtin_cpu_supports("avx512f");
-  if (has_avx512) return wide::Separable<S, DwAct, Act, kResidual>(nparam, params, ndims, shapes, dtypes);
+  if (has_avx512) return wide::Separable<S, kSame, DwAct, Act, kResidual>(nparam, params, ndims, shapes, dtypes);
 #endif
-  return narrow::Separable<S, DwAct, Act, kResidual>(nparam, params, ndims, shapes, dtypes);
+  return narrow::Separable<S, kSame, DwAct, Act, kResidual>(nparam, params, ndims, shapes, dtypes);
 }
 
 }  // namespace
@@ -83,13 +83,20 @@ AOT_EXPORT(PointwiseReLU, Pointwise<ReLU, false>)
 AOT_EXPORT(PointwiseReLU6, Pointwise<ReLU6, false>)
 AOT_EXPORT(PointwiseHSwish, Pointwise<HSwish, false>)
 AOT_EXPORT(PointwiseResidual, Pointwise<Identity, true>)
-// MobileNetV1's blocks (ReLU6 twice) and MobileNetV3's blocks without squeeze-excite (ReLU or h-swish, then the
-// linear projection, with the shortcut at stride 1 when the shapes match).
-AOT_EXPORT(SeparableReLU6ReLU6S1, DepthwisePointwise<1, ReLU6, ReLU6, false>)
-AOT_EXPORT(SeparableReLU6ReLU6S2, DepthwisePointwise<2, ReLU6, ReLU6, false>)
-AOT_EXPORT(SeparableReLUIdentityS1, DepthwisePointwise<1, ReLU, Identity, false>)
-AOT_EXPORT(SeparableReLUIdentityS2, DepthwisePointwise<2, ReLU, Identity, false>)
-AOT_EXPORT(SeparableHSwishIdentityS1, DepthwisePointwise<1, HSwish, Identity, false>)
-AOT_EXPORT(SeparableHSwishIdentityS2, DepthwisePointwise<2, HSwish, Identity, false>)
-AOT_EXPORT(SeparableReLUResidualS1, DepthwisePointwise<1, ReLU, Identity, true>)
-AOT_EXPORT(SeparableHSwishResidualS1, DepthwisePointwise<1, HSwish, Identity, true>)
+// MobileNetV1's blocks (ReLU6 twice; ReLU twice in mindcv's) and MobileNetV3's blocks without squeeze-excite (ReLU or
+// h-swish, then the linear projection, with the shortcut at stride 1 when the shapes match); at stride 2 also with
+// TensorFlow's "same" padding (SeparableXSameS2).
+AOT_EXPORT(SeparableReLU6ReLU6S1, DepthwisePointwise<1, false, ReLU6, ReLU6, false>)
+AOT_EXPORT(SeparableReLU6ReLU6S2, DepthwisePointwise<2, false, ReLU6, ReLU6, false>)
+AOT_EXPORT(SeparableReLUReLUS1, DepthwisePointwise<1, false, ReLU, ReLU, false>)
+AOT_EXPORT(SeparableReLUReLUS2, DepthwisePointwise<2, false, ReLU, ReLU, false>)
+AOT_EXPORT(SeparableReLUIdentityS1, DepthwisePointwise<1, false, ReLU, Identity, false>)
+AOT_EXPORT(SeparableReLUIdentityS2, DepthwisePointwise<2, false, ReLU, Identity, false>)
+AOT_EXPORT(SeparableHSwishIdentityS1, DepthwisePointwise<1, false, HSwish, Identity, false>)
+AOT_EXPORT(SeparableHSwishIdentityS2, DepthwisePointwise<2, false, HSwish, Identity, false>)
+AOT_EXPORT(SeparableReLUResidualS1, DepthwisePointwise<1, false, ReLU, Identity, true>)
+AOT_EXPORT(SeparableHSwishResidualS1, DepthwisePointwise<1, false, HSwish, Identity, true>)
+AOT_EXPORT(SeparableReLU6ReLU6SameS2, DepthwisePointwise<2, true, ReLU6, ReLU6, false>)
+AOT_EXPORT(SeparableReLUReLUSameS2, DepthwisePointwise<2, true, ReLU, ReLU, false>)
+AOT_EXPORT(SeparableReLUIdentitySameS2, DepthwisePointwise<2, true, ReLU, Identity, false>)
+AOT_EXPORT(SeparableHSwishIdentitySameS2, DepthwisePointwise<2, true, HSwish, Identity, false>)

@@ -13,7 +13,8 @@ import yaml
 
 from src.errors import UserError
 from src.model_utils.cli import ArgumentParser
-from src.models import MODELS
+from src.models import MODELS, PADDINGS, PAPER_OPTIONS
+from src.models.mobilenet_v1 import ACTIVATIONS as V1_ACTIVATIONS
 
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CONFIG = os.path.join(ROOT_DIR, "default_config.yaml")
@@ -47,6 +48,17 @@ SCHEMA = {
     "dropout": _f("float", 0.0, "dropout probability before the classifier", min=0, max=1),
     "bn_eps": _f("float", 1e-3, "BatchNorm epsilon (weights converted from timm or the model zoo: 1e-5, taken from "
                  "the checkpoint)", min=0, min_exclusive=True),
+    # model options for other sources' weights (the defaults are the papers' networks; a checkpoint's model card
+    # records them, see README "Start from ImageNet weights")
+    "padding": _f("str", PAPER_OPTIONS["padding"], "convolution padding: symmetric k // 2 (the papers'), same "
+                  "(TensorFlow's / MindSpore's 'same' on every convolution: at stride 2 the extra row and column at the "
+                  "bottom and right), same_depthwise (on the depthwise ones)", choices=PADDINGS),
+    "activation": _f("str", PAPER_OPTIONS["activation"], "MobileNetV1's activation after every BatchNorm (mindcv's "
+                     "weights: relu)", choices=V1_ACTIVATIONS),
+    "head_width": _f("int", PAPER_OPTIONS["head_width"], "MobileNetV3's head width; 0 = the paper's (1024 small, "
+                     "1280 large)", min=0),
+    "head_bias": _f("bool", PAPER_OPTIONS["head_bias"], "MobileNetV3's head layer has a bias (the model zoo's has "
+                    "none)"),
     # data
     "dataset": _f("str", "cifar10", "data set format", choices=("cifar10", "imagenet2012")),
     "dataset_path": _f("str", "", "training data (CIFAR-10 folder or ImageNet root)"),

@@ -45,15 +45,30 @@ class HSwish(nn.Cell):
 ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hswish": HSwish, "hsigmoid": HSigmoid}
 
 
+# How convolutions pad (a model option; the papers' networks pad symmetrically): "same" is TensorFlow's and MindSpore's
+# pad_mode "same" on every convolution, "same_depthwise" on the depthwise ones only (mindcv's MobileNetV3)
+PADDINGS = ("symmetric", "same", "same_depthwise")
+
+
+def pads_same(padding: str, depthwise: bool) -> bool:
+    """Whether a convolution pads "same" under the model option `padding` (see `PADDINGS`)."""
+    return padding == "same" or (depthwise and padding == "same_depthwise")
+
+
 def conv_bn_act(in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1, groups: int = 1,
-                activation: str = "relu", norm=None) -> nn.SequentialCell:
+                activation: str = "relu", norm=None, same: bool = False) -> nn.SequentialCell:
     """Conv (symmetric padding k // 2, no bias) -> BatchNorm (`norm(channels)`, see `batch_norm`; default eps `BN_EPS`)
-    -> activation (None for a linear layer), as an `nn.SequentialCell` (parameter names `0.weight`, `1.gamma`, ...)."""
-    layers = [
-        nn.Conv2d(in_channels, out_channels, kernel_size, stride, pad_mode="pad", padding=kernel_size // 2,
-                  group=groups, has_bias=False),
-        (norm or batch_norm())(out_channels),
-    ]
+    -> activation (None for a linear layer), as an `nn.SequentialCell` (parameter names `0.weight`, `1.gamma`, ...).
+
+    With `same` the convolution pads as TensorFlow's "same" (`pad_mode="same"`: output ceil(size / stride), at stride
+    2 on an even size the extra row and column at the bottom and right only).  At stride 1 that is the symmetric
+    k // 2 (odd k), so only strided convolutions are built with pad_mode "same"."""
+    if same and stride > 1:
+        conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, pad_mode="same", group=groups, has_bias=False)
+    else:
+        conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, pad_mode="pad", padding=kernel_size // 2,
+                         group=groups, has_bias=False)
+    layers = [conv, (norm or batch_norm())(out_channels)]
     if activation:
         layers.append(ACTIVATIONS[activation]())
     return nn.SequentialCell(layers)

@@ -2,7 +2,7 @@
 import mindspore.nn as nn
 from mindspore.common.initializer import TruncatedNormal, XavierUniform, initializer
 
-from src.models.layers import GlobalAvgPool, conv_bn_act, feature_info, make_dropout
+from src.models.layers import GlobalAvgPool, conv_bn_act, feature_info, make_dropout, pads_same
 
 STEM_CHANNELS = 32
 # (output channels of the pointwise conv, stride of the depthwise conv), one row per block
@@ -12,6 +12,7 @@ BLOCKS = (
 )
 WIDTHS = (0.25, 0.5, 0.75, 1.0)
 DENSE_SIGMA = 0.02  # classifier init: normal(0, 0.02) truncated at 2 sigma
+ACTIVATIONS = ("relu6", "relu")  # the paper's, and mindcv's
 
 
 def _channels(c: int, width_mult: float) -> int:
@@ -20,17 +21,20 @@ def _channels(c: int, width_mult: float) -> int:
 
 class MobileNetV1(nn.Cell):
     """MobileNetV1; every layer is conv -> BN -> ReLU6 (`features`: the stem, then each block's depthwise and
-    pointwise layers), then global average pool and a dense head."""
+    pointwise layers), then global average pool and a dense head.  Options for other sources' weights: `activation`
+    "relu" (mindcv's) and `padding` (see `layers.PADDINGS`; the model zoo's: "same")."""
 
-    def __init__(self, class_num: int = 1000, width_mult: float = 1.0, dropout: float = 0.0, norm=None):
+    def __init__(self, class_num: int = 1000, width_mult: float = 1.0, dropout: float = 0.0, norm=None,
+                 activation: str = "relu6", padding: str = "symmetric"):
         super().__init__()
         in_ch = _channels(STEM_CHANNELS, width_mult)
-        layers = [conv_bn_act(3, in_ch, 3, 2, activation="relu6", norm=norm)]
+        layers = [conv_bn_act(3, in_ch, 3, 2, activation=activation, norm=norm, same=pads_same(padding, False))]
         shapes = [(in_ch, 2)]
         for out, stride in BLOCKS:
             out_ch = _channels(out, width_mult)
-            layers.append(conv_bn_act(in_ch, in_ch, 3, stride, groups=in_ch, activation="relu6", norm=norm))
-            layers.append(conv_bn_act(in_ch, out_ch, 1, activation="relu6", norm=norm))
+            layers.append(conv_bn_act(in_ch, in_ch, 3, stride, groups=in_ch, activation=activation, norm=norm,
+                                      same=pads_same(padding, True)))
+            layers.append(conv_bn_act(in_ch, out_ch, 1, activation=activation, norm=norm))
             shapes += [(in_ch, stride), (out_ch, 1)]
             in_ch = out_ch
         self.features = nn.SequentialCell(layers)

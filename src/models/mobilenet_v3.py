@@ -7,7 +7,8 @@ ratio of the 1.0 table is kept at every width.
 import mindspore.nn as nn
 from mindspore.common.initializer import HeNormal, Normal, initializer
 
-from src.models.layers import ACTIVATIONS, GlobalAvgPool, conv_bn_act, feature_info, make_divisible, make_dropout
+from src.models.layers import (ACTIVATIONS, GlobalAvgPool, conv_bn_act, feature_info, make_divisible, make_dropout,
+                               pads_same)
 
 STEM_CHANNELS = 16
 # kernel, expansion channels, output channels, squeeze-excite, activation, stride (width 1.0)
@@ -66,12 +67,13 @@ class InvertedResidual(nn.Cell):
     """Optional 1x1 expansion, depthwise conv, optional SE, linear 1x1 projection (`block`), plus the input when
     shapes match (`use_residual`)."""
 
-    def __init__(self, in_ch, kernel, exp_ch, out_ch, use_se, activation, stride, norm=None):
+    def __init__(self, in_ch, kernel, exp_ch, out_ch, use_se, activation, stride, norm=None, same=False):
         super().__init__()
         layers = []
         if exp_ch != in_ch:
             layers.append(conv_bn_act(in_ch, exp_ch, 1, activation=activation, norm=norm))
-        layers.append(conv_bn_act(exp_ch, exp_ch, kernel, stride, groups=exp_ch, activation=activation, norm=norm))
+        layers.append(conv_bn_act(exp_ch, exp_ch, kernel, stride, groups=exp_ch, activation=activation, norm=norm,
+                                  same=same))
         if use_se:
             layers.append(SqueezeExcite(exp_ch))
         layers.append(conv_bn_act(exp_ch, out_ch, 1, activation=None, norm=norm))
@@ -87,20 +89,24 @@ class InvertedResidual(nn.Cell):
 class MobileNetV3(nn.Cell):
     """MobileNetV3 `arch` ("small" | "large") at `width_mult`: `features` (the stem, the inverted residual blocks and
     the last 1x1 conv), global pool, a 1x1 layer with bias to the head width (1024/1280, not scaled) + h-swish,
-    dropout, classifier."""
+    dropout, classifier.  Options for other sources' weights: `padding` (see `layers.PADDINGS`; mindcv's:
+    "same_depthwise", TensorFlow's: "same"), `head_width` (0: the paper's; the model zoo's small: 1280) and
+    `head_bias` (the model zoo's: False)."""
 
     def __init__(self, arch: str = "small", class_num: int = 1000, width_mult: float = 1.0, dropout: float = 0.2,
-                 norm=None):
+                 norm=None, padding: str = "symmetric", head_width: int = 0, head_bias: bool = True):
         super().__init__()
         blocks, last_conv, head = ARCHS[arch]
+        head = head_width or head
         in_ch = make_divisible(STEM_CHANNELS * width_mult)
         in_ref = STEM_CHANNELS
-        layers = [conv_bn_act(3, in_ch, 3, 2, activation="hswish", norm=norm)]
+        layers = [conv_bn_act(3, in_ch, 3, 2, activation="hswish", norm=norm, same=pads_same(padding, False))]
         shapes = [(in_ch, 2)]
         for kernel, exp, out, use_se, activation, stride in blocks:
             exp_ch = make_divisible(in_ch * exp / in_ref)
             out_ch = make_divisible(out * width_mult)
-            layers.append(InvertedResidual(in_ch, kernel, exp_ch, out_ch, use_se, activation, stride, norm))
+            layers.append(InvertedResidual(in_ch, kernel, exp_ch, out_ch, use_se, activation, stride, norm,
+                                           pads_same(padding, True)))
             shapes.append((out_ch, stride))
             in_ch, in_ref = out_ch, out
         last_ch = make_divisible(last_conv * width_mult)
@@ -109,7 +115,7 @@ class MobileNetV3(nn.Cell):
         self.features = nn.SequentialCell(layers)
         self.feature_info = feature_info(shapes)
         self.pool = GlobalAvgPool()
-        self.head = nn.SequentialCell([nn.Dense(last_ch, head), ACTIVATIONS["hswish"]()])
+        self.head = nn.SequentialCell([nn.Dense(last_ch, head, has_bias=head_bias), ACTIVATIONS["hswish"]()])
         self.dropout = make_dropout(dropout)
         self.classifier = nn.Dense(head, class_num)
         self._init_weights()
