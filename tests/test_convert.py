@@ -58,11 +58,16 @@ def manifest(name):
         return json.load(src)
 
 
-def write_source_file(name, folder, with_hub_config=True) -> str:
+def write_source_file(name, folder, with_hub_config=True, classes=0) -> str:
     """The fixture's weights in its source's own format: .safetensors for torch models (timm's in a hub folder with
     its config.json unless not `with_hub_config`), a MindSpore checkpoint for mindcv and the zoo (entries in the
-    source network's order)."""
+    source network's order); `classes`: that many outputs instead of the fixture's (its last two tensors, the
+    classifier's weight and bias, resized)."""
     spec = manifest(name)
+    if classes:
+        spec["tensors"][-2:] = [[key, [classes, *shape[1:]], dtype] for key, shape, dtype in spec["tensors"][-2:]]
+        if "hub_config" in spec:
+            spec["hub_config"]["num_classes"] = spec["hub_config"]["model_args"]["num_classes"] = classes
     weights = synthetic_weights(spec["tensors"])
     folder = os.path.join(folder, name)
     os.makedirs(folder, exist_ok=True)

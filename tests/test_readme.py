@@ -9,6 +9,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -71,7 +72,8 @@ COMMANDS = {
     "python train.py --config_path mobilenetv3_config.yaml --dataset_path /data/ImageNet_Original "
     "--model mobilenet_v3_large": Run(f"{SHORT} --batch_size 100 --image_size 64"),
     "python train.py --config_path default_config.yaml --dataset_path DATA --pre_trained imagenet.ckpt":
-        Run(f"{SHORT} --save_checkpoint_path OUT_FINE_TUNED", prepare=copy_newest_checkpoint("output", "imagenet.ckpt")),
+        Run(f"{SHORT} --image_size 64 --save_checkpoint_path OUT_FINE_TUNED",
+            prepare=copy_newest_checkpoint("output", "imagenet.ckpt")),
     # OUT's run is finished: the resume says so and stops
     "python train.py --config_path ... --dataset_path DATA --save_checkpoint_path OUT --resume auto": Run(SHORT),
     "python eval.py --config_path default_config.yaml --dataset_path /data/cifar10/cifar-10-verify-bin "
@@ -167,7 +169,8 @@ def write_images(folder, images, labels, names):
 
 def mirror_with_data(folder):
     """`folder`: the repository's files as links, the README's data paths (data/... for /data/..., DATA) and its
-    inputs (photos/, the downloaded weights) with small data sets."""
+    inputs (photos/, the downloaded weights: the test fixtures' networks with ImageNet's 1000 outputs, mindcv's 1001)
+    with small data sets."""
     for name in os.listdir(ROOT_DIR):
         if name not in (".git", "output", "demo_data", "demo_run"):
             os.symlink(os.path.join(ROOT_DIR, name), os.path.join(folder, name))
@@ -188,9 +191,9 @@ def mirror_with_data(folder):
     five = np.flatnonzero(labels < 5)[:100]
     write_images(os.path.join(data, "flowers"), images[five], labels[five], [f"flower_{d}" for d in range(5)])
     write_images(os.path.join(folder, "photos"), images[test[:3]], [0, 1, 2], ["", "", ""])
-    timm = write_source_file("timm_mobilenetv3_large_100", folder)
+    timm = write_source_file("timm_mobilenetv3_large_100", folder, classes=1000)
     os.rename(os.path.dirname(timm), os.path.join(folder, "mobilenetv3_large_100"))
-    os.rename(write_source_file("mindcv_mobilenet_v1_100", folder),
+    os.rename(write_source_file("mindcv_mobilenet_v1_100", folder, classes=1001),
               os.path.join(folder, "mobilenet_v1_100-91c7b206.ckpt"))
 
 
@@ -226,8 +229,10 @@ def test_readme_commands_run_as_written(tmp_path):
             variables[key] = value
         if words[0] == "python":
             words[0] = sys.executable
+        start = time.time()
         proc = subprocess.run(words, cwd=tmp_path, capture_output=True, text=True, timeout=600,
                               env={**os.environ, **variables})
+        print(f"{time.time() - start:5.1f} s  {command}")
         assert proc.returncode == 0, f"{command}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         missing = shown_output_missing(comments[:how.sample], proc.stdout + proc.stderr)
         assert not missing, f"{command}: the README's sample output {missing} is not in its output:\n{proc.stdout}"
