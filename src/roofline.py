@@ -14,7 +14,9 @@ the weights read again by the backward), the loss, BatchNorm's moving statistics
 multiply-adds (BatchNorm, activations, pooling and the optimizer not counted), training 3x the forward (the
 forward, the input gradient and the weight gradient).  So both counts are lower bounds, and so is the time they
 give; the bandwidth is main memory's (arrays far larger than the caches), so an engine that keeps tensors in a
-large cache can pass the memory term.
+large cache can pass the memory term.  The bound takes the network's totals, not a sum over layers of each layer's
+slower term (tighter where depthwise layers are memory-bound and 1x1 layers compute-bound, but not a bound for an
+engine that overlaps layers).
 """
 import itertools
 import threading
