@@ -3,18 +3,20 @@
 A model is `name:width`, optionally with model options (`:key=value`, e.g. `mobilenet_v3_small:1.0:padding=same` for
 TensorFlow's network; the peers always run the paper's).
 
-For each model: graph compile time, training ms/step and img/s (forward + backward + optimizer, steady state,
-fixed batch), training img/s fed by the real JPEG pipeline, inference img/s, parameters, MACs, achieved
-GMAC/s (training counts 3x the forward MACs), and peak resident memory; plus the training data pipelines'
-img/s (CIFAR binary, and 500x375 JPEGs to 224 with the zoo's recipe and with RandAugment + random erasing + mixup +
-CutMix; decode + augment, no model).  Every timing is the median of `--repeats` runs of `--steps` steps.  Each
-model runs in a fresh process so that its memory peak and compile time are its own.  `--compare torch` measures the
-same architectures in PyTorch eager (torchvision's MobileNetV3; V1 from the same table) with the same threads, batch and
-resolution, both in NCHW and in channels-last memory format, and prints our ratio to the faster; `--compare
-onnxruntime` runs our own ONNX export in onnxruntime (threads matched) for inference.  `--baseline DIR` measures the
-same models with another checkout of this repository (e.g. `git worktree add DIR <commit>`), for a before/after
-comparison of a change in one command.  With `--rounds N` the engines take turns N times and every figure is the
-median of its rounds (the machine is shared and noisy).
+For each model: graph compile time, training ms/step and img/s (forward + backward + optimizer, steady state, fixed
+batch), training img/s fed by the real JPEG pipeline, inference img/s, parameters, MACs, achieved GMAC/s (training
+counts 3x the forward MACs), peak resident memory, and the roofline: the least MB and the GFLOPs of a training step
+and an inference batch, the time they bound it to on this machine (its memory bandwidth and FMA peak, measured on as
+many threads) and each engine's fraction of that bound (`src/roofline.py`); plus the training data pipelines' img/s
+(CIFAR binary, and 500x375 JPEGs to 224 with the zoo's recipe and with RandAugment + random erasing + mixup + CutMix;
+decode + augment, no model).  Every timing is the median of `--repeats` runs of `--steps` steps.  Each model runs in a
+fresh process so that its memory peak and compile time are its own.  `--compare torch` measures the same architectures
+in PyTorch eager (torchvision's MobileNetV3; V1 from the same table) with the same threads, batch and resolution, both
+in NCHW and in channels-last memory format, and prints our ratio to the faster; `--compare onnxruntime` runs our own
+ONNX export in onnxruntime (threads matched) for inference.  `--baseline DIR` measures the same models with another
+checkout of this repository (e.g. `git worktree add DIR <commit>`), for a before/after comparison of a change in one
+command.  With `--rounds N` the engines take turns N times and every figure is the median of its rounds (the machine
+is shared and noisy).
 """
 import argparse
 import csv
@@ -31,17 +33,21 @@ import numpy as np
 import src
 from src.errors import UserError
 from src.model_utils.cli import log, run
+from src.roofline import bound_seconds, measure_bandwidth, measure_peak, roofline_fraction
 
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCH_PEER = os.path.join(ROOT_DIR, "scripts", "torch_peer.py")
 PEERS = ("torch", "onnxruntime")
 RATE_FIELDS = ("train_img_s", "train_data_img_s", "infer_img_s")
-MODEL_FIELDS = ("model", "width_mult", "options", "batch_size", "image_size", "threads", "params", "macs_m", "compile_s",
-                "train_ms_per_step", "train_img_s", "train_gmac_s", "train_data_img_s", "infer_img_s",
-                "infer_gmac_s", "peak_rss_mb")
+MODEL_FIELDS = ("model", "width_mult", "options", "batch_size", "image_size", "threads", "params", "macs_m",
+                "compile_s", "train_ms_per_step", "train_img_s", "train_gmac_s", "train_data_img_s", "infer_img_s",
+                "infer_gmac_s", "peak_rss_mb", "train_mb", "train_gflop", "infer_mb", "infer_gflop")
 PEER_FIELDS = ("torch_train_img_s", "torch_infer_img_s", "torch_cl_train_img_s", "torch_cl_infer_img_s", "train_ratio",
                "infer_ratio", "ort_infer_img_s", "ort_ratio", "base_train_img_s", "base_infer_img_s",
                "base_train_ratio", "base_infer_ratio")
+ROOFLINE_FIELDS = ("train_bound_ms", "train_roofline_frac", "torch_train_roofline_frac", "infer_bound_ms",
+                   "infer_roofline_frac", "torch_infer_roofline_frac", "ort_roofline_frac")
+MACHINE_FIELDS = ("mem_gb_s", "peak_gflop_s")
 
 
 def median_rate(run_steps, steps: int, repeats: int, batch: int) -> float:
@@ -73,18 +79,25 @@ def measure_model(args, name: str, width: float, data_root: str, options: list) 
     from src.model_utils.device import setup_device  # pylint: disable=import-outside-toplevel
     from src.models import MODELS, count_macs, count_params, create_model  # pylint: disable=import-outside-toplevel
     from src.optimizer import create_optimizer  # pylint: disable=import-outside-toplevel
+    from src.roofline import network_counts  # pylint: disable=import-outside-toplevel
 
     config = get_config([f"--{option}" for option in options], overrides={
         "model": name, "width_mult": width, "image_size": args.image_size, "dropout": MODELS[name][1],
         "batch_size": args.batch_size, "runtime_num_threads": args.threads, "dataset": "imagenet2012",
         "dataset_path": os.path.join(data_root, "imagefolder"), "class_num": 10, "seed": 1})
     setup_device(config)
-    reference = create_model(name, class_num=1000, width_mult=width, padding=config.padding,
-                             activation=config.activation, head_width=config.head_width, head_bias=config.head_bias)
+    architecture = {"width_mult": width, "padding": config.padding, "activation": config.activation,
+                    "head_width": config.head_width, "head_bias": config.head_bias}
+    reference = create_model(name, class_num=1000, **architecture)
     row = {"model": name, "width_mult": width, "options": " ".join(options), "batch_size": args.batch_size,
            "image_size": args.image_size,
            "threads": args.threads or os.cpu_count(), "params": count_params(reference),
            "macs_m": round(count_macs(reference, args.image_size) / 1e6, 2)}
+    counts = network_counts(create_model(name, class_num=config.class_num, **architecture), args.image_size,
+                            args.batch_size)  # the network timed here (its class count), the roofline's counts
+    for kind in ("train", "infer"):
+        row[f"{kind}_mb"] = round(counts[f"{kind}_bytes"] / 1e6, 1)
+        row[f"{kind}_gflop"] = round(counts[f"{kind}_flops"] / 1e9, 2)
     net = build_network(config)[0]  # as train.py and eval.py build it: on CPU lowered for the C++ kernels
     train_step = nn.TrainOneStepCell(nn.WithLossCell(net, LossRecorder(CrossEntropySmooth(10))),  # as train.py
                                      create_optimizer(net, 0.01, "momentum", 0.9, 1e-4))
@@ -210,10 +223,37 @@ def measure_onnxruntime(args, name: str, width: float) -> dict:
             "onnxruntime": onnxruntime.__version__}
 
 
+def measure_machine(args) -> dict:
+    """This machine's memory bandwidth (GB/s) and float32 peak (GFLOP/s) on the benchmark's threads (numpy's BLAS
+    threads are set by the caller's OPENBLAS_NUM_THREADS); measured at the start and after every round of each
+    model, the roofline takes the best of them."""
+    threads = args.threads or os.cpu_count()
+    return {"mem_gb_s": round(measure_bandwidth(threads), 1), "peak_gflop_s": round(measure_peak(), 1)}
+
+
+def add_roofline(row: dict, machine: dict) -> dict:
+    """`row` with the roofline's bound (ms per training step and inference batch) and the fraction of it each
+    engine reaches: ours, the faster PyTorch layout, onnxruntime (inference)."""
+    for kind in ("train", "infer"):
+        bound = bound_seconds(row[f"{kind}_mb"] * 1e6, row[f"{kind}_gflop"] * 1e9, machine["mem_gb_s"],
+                              machine["peak_gflop_s"])
+        row[f"{kind}_bound_ms"] = round(1000 * bound, 1)
+        rates = {f"{kind}_roofline_frac": row[f"{kind}_img_s"]}
+        if f"torch_{kind}_img_s" in row:  # the faster PyTorch layout
+            rates[f"torch_{kind}_roofline_frac"] = max(row[f"torch_{kind}_img_s"], row[f"torch_cl_{kind}_img_s"])
+        if kind == "infer" and "ort_infer_img_s" in row:
+            rates["ort_roofline_frac"] = row["ort_infer_img_s"]
+        for field, img_s in rates.items():
+            row[field] = round(roofline_fraction(bound, row["batch_size"], img_s), 3)
+    return row
+
+
 def _worker(args) -> None:
     """Measure one item in this (fresh) process and print it as JSON on the last line."""
     if args.worker == "pipelines":
         result = measure_pipelines(args, args.data_root)
+    elif args.worker == "machine":
+        result = measure_machine(args)
     elif args.worker.startswith("onnxruntime:"):
         _, name, width = args.worker.split(":")
         result = measure_onnxruntime(args, name, float(width))
@@ -273,13 +313,13 @@ def compare_row(runs: dict) -> dict:
     return row
 
 
-def print_table(rows: list, pipelines: dict) -> None:
-    fields = [f for f in MODEL_FIELDS + PEER_FIELDS if any(f in row for row in rows)]
+def print_table(rows: list, pipelines: dict, machine: dict) -> None:
+    fields = [f for f in MODEL_FIELDS + PEER_FIELDS + ROOFLINE_FIELDS if any(f in row for row in rows)]
     widths = {f: max(len(f), *(len(str(row.get(f, ""))) for row in rows)) for f in fields}
     log("  ".join(f.rjust(widths[f]) for f in fields))
     for row in rows:
         log("  ".join(str(row.get(f, "")).rjust(widths[f]) for f in fields))
-    log("  ".join(f"{key}: {value}" for key, value in pipelines.items()))
+    log("  ".join(f"{key}: {value}" for key, value in {**pipelines, **machine}.items()))
 
 
 def parse_args(argv=None):
@@ -333,6 +373,8 @@ def main(argv=None):
         write_demo_data(data_root)
         me = [sys.executable, "-m", "src.benchmark", "--data_root", data_root, *_common_args(args)]
         pipelines = _run_json(me + ["--worker", "pipelines"], "the data pipelines")
+        machine_env = {**os.environ, "OPENBLAS_NUM_THREADS": str(args.threads or os.cpu_count())}  # numpy's BLAS
+        machines = [_run_json(me + ["--worker", "machine"], "the memory bandwidth and peak", env=machine_env)]
         rows = []
         peer_env = dict(os.environ)
         if src.WAIT_POLICY_DEFAULTED:  # PyTorch runs with OpenMP's default wait policy (it is faster so)
@@ -358,17 +400,23 @@ def main(argv=None):
             for _ in range(args.rounds):
                 for engine, measure in engines.items():
                     runs[engine].append(measure(item, name, width))
+                machines.append(_run_json(me + ["--worker", "machine"], "the memory bandwidth and peak",
+                                          env=machine_env))
             rows.append(compare_row(runs))
-    print_table(rows, pipelines)
-    result = {"models": rows, "pipelines": pipelines, "torch_python": peer}
+    # the machine's best in this command (other work on a shared machine only ever lowers a measurement)
+    machine = {key: max(run[key] for run in machines) for key in MACHINE_FIELDS}
+    rows = [add_roofline(row, machine) for row in rows]
+    print_table(rows, pipelines, machine)
+    result = {"models": rows, "pipelines": pipelines, "machine": machine, "torch_python": peer}
     folder = os.path.dirname(os.path.abspath(args.output))
     os.makedirs(folder, exist_ok=True)
     with open(args.output, "w", encoding="utf-8") as out:
         json.dump(result, out, indent=2)
     with open(os.path.splitext(args.output)[0] + ".csv", "w", newline="", encoding="utf-8") as out:
-        writer = csv.DictWriter(out, fieldnames=list(MODEL_FIELDS + PEER_FIELDS) + list(pipelines))
+        writer = csv.DictWriter(out, fieldnames=list(MODEL_FIELDS + PEER_FIELDS + ROOFLINE_FIELDS) + list(pipelines)
+                                + list(MACHINE_FIELDS))
         writer.writeheader()
-        writer.writerows({**row, **pipelines} for row in rows)
+        writer.writerows({**row, **pipelines, **machine} for row in rows)
     log(f"wrote {args.output} and {os.path.splitext(args.output)[0]}.csv")
     return 0
 

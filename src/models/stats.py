@@ -9,21 +9,23 @@ def count_params(net: nn.Cell) -> int:
     return sum(int(np.prod(p.shape)) for p in net.trainable_params())
 
 
-def count_macs(net: nn.Cell, height: int = 224, width: int = None) -> int:
-    """Multiply-adds of the conv and dense layers for one image of `height` x `width` (default square).
+def layer_sizes(net: nn.Cell, height: int = 224, width: int = None) -> list:
+    """(multiply-adds, output values) of every conv and dense layer call for one image of `height` x `width`
+    (default square), in call order.
 
     Runs one forward pass in PyNative mode with forward hooks (mode and training flag are restored); activations,
-    BN, pooling and elementwise products are not counted.
+    BN, pooling and elementwise products are not layers here.
     """
     width = width or height
-    macs = []
+    layers = []
 
     def conv_hook(cell, _inputs, output):
         kh, kw = cell.kernel_size
-        macs.append(int(np.prod(output.shape[1:])) * cell.in_channels // cell.group * kh * kw)
+        values = int(np.prod(output.shape[1:]))
+        layers.append((values * cell.in_channels // cell.group * kh * kw, values))
 
-    def dense_hook(cell, _inputs, _output):
-        macs.append(cell.in_channels * cell.out_channels)
+    def dense_hook(cell, _inputs, output):
+        layers.append((cell.in_channels * cell.out_channels, int(np.prod(output.shape[1:]))))
 
     previous_mode = ms.get_context("mode")
     was_training = net.training
@@ -42,4 +44,13 @@ def count_macs(net: nn.Cell, height: int = 224, width: int = None) -> int:
             handle.remove()
         net.set_train(was_training)
         ms.set_context(mode=previous_mode)
-    return sum(macs)
+    return layers
+
+
+def count_macs(net: nn.Cell, height: int = 224, width: int = None) -> int:
+    """Multiply-adds of the conv and dense layers for one image of `height` x `width` (default square).
+
+    Runs one forward pass in PyNative mode with forward hooks (mode and training flag are restored); activations,
+    BN, pooling and elementwise products are not counted.
+    """
+    return sum(macs for macs, _ in layer_sizes(net, height, width))
