@@ -161,8 +161,8 @@ SCHEMA = {
     "width": _f("int", 0, "export input width; 0 = image_size", min=0),
     "height": _f("int", 0, "export input height; 0 = image_size", min=0),
     "quantize": _f("str", "", "export.py, ONNX: int8 writes a statically quantized model (QDQ, int8 weights per "
-                   "channel, uint8 activations calibrated on training images of dataset_path; MobileNetV3's h-swish, "
-                   "gate and head stay float); empty = float32", choices=("", "int8")),
+                   "channel, uint8 activations calibrated on training images of dataset_path; MobileNetV3's h-swish "
+                   "and gates stay float); empty = float32", choices=("", "int8")),
     "calibration_images": _f("int", 256, "quantize int8: training images whose activations set the scales", min=1),
     "calibration_method": _f("str", "percentile", "quantize int8: how the scales are set from them (percentile: "
                              "the 99.999th of the absolute values; minmax: the extremes)",
