@@ -70,7 +70,7 @@ COMMANDS = {
     "--device_target GPU": NOT_HERE,
     # the config's GPU falls back to CPU with a warning; its output goes to the config's ./output
     "python train.py --config_path mobilenetv3_config.yaml --dataset_path /data/ImageNet_Original "
-    "--model mobilenet_v3_large": Run(f"{SHORT} --batch_size 100 --image_size 64"),
+    "--model mobilenet_v3_large": Run(f"{SHORT} --batch_size 250 --image_size 64"),
     "python train.py --config_path default_config.yaml --dataset_path DATA --pre_trained imagenet.ckpt":
         Run(f"{SHORT} --image_size 64 --save_checkpoint_path OUT_FINE_TUNED",
             prepare=copy_newest_checkpoint("output", "imagenet.ckpt")),
