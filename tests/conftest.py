@@ -12,6 +12,18 @@ from src.demo_data import write_demo_data
 from src.model_utils.config import ROOT_DIR
 
 
+# The files that take longest run first, so that the two xdist workers (pytest.ini: --dist loadfile, and
+# --no-loadscope-reorder, which keeps this order instead of xdist's most-tests-first) end together: with xdist's
+# order the 2-test test_readme.py (almost 4 minutes) came last and ran alone on one worker.
+LONGEST_FIRST = ("test_distributed.py", "test_reliability.py", "test_readme.py", "test_end_to_end.py",
+                 "test_lowering.py")
+
+
+def pytest_collection_modifyitems(items):
+    order = {name: rank for rank, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: order.get(item.path.name, len(LONGEST_FIRST)))
+
+
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory):
     """The demo digits written once per session: {"cifar10": .../cifar-10-batches-bin, "imagefolder": ...}."""
