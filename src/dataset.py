@@ -57,17 +57,14 @@ def create_dataset(config, do_train: bool, rank_id: int = 0, rank_size: int = 1)
     """
     if config.dataset not in ("cifar10", "imagenet2012"):
         raise DatasetError(f"dataset '{config.dataset}' is not supported; expected cifar10 or imagenet2012")
-    key, path = _data_path(config, do_train)
-    workers = max(1, min(config.num_parallel_workers, os.cpu_count() or 1))
+    workers = _workers(config)
     if do_train:
         ds.config.set_seed(config.seed)  # the shuffle: the same on every rank, which takes its share of it
+    device_decode = config.decode_device == "Ascend"
+    data = _source(config, do_train, rank_id, rank_size, workers, decode=not (do_train or device_decode))
     if config.dataset == "cifar10":
-        data = _cifar10_source(config, key, path, do_train, rank_id, rank_size)
         operations = _cifar10_transforms(config, do_train) if do_train else eval_transforms(config)
     else:
-        device_decode = config.decode_device == "Ascend"
-        data = _image_folder_source(config, key, path, do_train, rank_id, rank_size, workers,
-                                    decode=not (do_train or device_decode))
         operations = _imagenet_transforms(config, do_train, device_decode)
     if do_train:  # the augmentations: each rank its own (read when the pipeline starts)
         numpy_state, python_state = np.random.get_state(), random.getstate()
@@ -91,17 +88,27 @@ def create_dataset(config, do_train: bool, rank_id: int = 0, rank_size: int = 1)
     return data
 
 
+def _workers(config) -> int:
+    """Parallel workers of the pipeline's maps: num_parallel_workers, at most the CPU count."""
+    return max(1, min(config.num_parallel_workers, os.cpu_count() or 1))
+
+
+def _source(config, do_train: bool, rank_id: int, rank_size: int, workers: int, decode: bool):
+    """The (image, label) rows of the training or evaluation split before any transform, this rank's share:
+    CIFAR-10's records, or the class folders' files (decoded when `decode`)."""
+    key, path = _data_path(config, do_train)
+    if config.dataset == "cifar10":
+        return _cifar10_source(config, key, path, do_train, rank_id, rank_size)
+    return _image_folder_source(config, key, path, do_train, rank_id, rank_size, workers, decode=decode)
+
+
 def calibration_images(config, count: int) -> np.ndarray:
     """The first `count` training images of the seeded training shuffle, prepared by the evaluation transform, as one
     float32 NCHW array: what post-training quantization calibrates on (images like those the model will see, none of
     the evaluation set)."""
-    key, path = _data_path(config, do_train=True)
-    workers = max(1, min(config.num_parallel_workers, os.cpu_count() or 1))
+    workers = _workers(config)
     ds.config.set_seed(config.seed)
-    if config.dataset == "cifar10":
-        data = _cifar10_source(config, key, path, True, 0, 1)
-    else:
-        data = _image_folder_source(config, key, path, True, 0, 1, workers, decode=True)
+    data = _source(config, True, 0, 1, workers, decode=True)
     data = data.map(eval_transforms(config), input_columns="image", num_parallel_workers=workers).take(count)
     return np.stack([row["image"] for row in data.create_dict_iterator(num_epochs=1, output_numpy=True)])
 
