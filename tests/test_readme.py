@@ -82,8 +82,8 @@ COMMANDS = {
     "--result_file result.json --confusion_matrix confusion.png": Run(),
     "python export.py --config_path default_config.yaml --ckpt_file OUT --file_name mobilenet_v1 --file_format MINDIR":
         Run(),
-    "python export.py --config_path default_config.yaml --ckpt_file OUT --file_name mobilenet_v1_int8 --file_format ONNX "
-    "--quantize int8 --dataset_path DATA": Run(),
+    "python export.py --config_path default_config.yaml --ckpt_file OUT --file_name mobilenet_v1_int8 "
+    "--file_format ONNX --quantize int8 --dataset_path DATA": Run(),
     "python eval.py --config_path default_config.yaml --dataset_path DATA --model_file mobilenet_v1_int8.onnx": Run(),
     "bash scripts/run_infer.sh mobilenet_v1.mindir DATA": Run(),
     "python predict.py --config_path default_config.yaml --checkpoint_path CKPT --image photos/ --top_k 3": Run(),
@@ -113,8 +113,9 @@ COMMANDS = {
     "imagenet2012 /shared/ImageNet 8": TWO_MACHINES + " (tests/test_distributed.py runs two on this one)",
     "NODE_NUM=2 NODE_RANK=1 MASTER_ADDR=10.0.0.1 MASTER_PORT=29500 bash scripts/run_distribute_train_cpu.sh "
     "imagenet2012 /shared/ImageNet 8": TWO_MACHINES + " (tests/test_distributed.py runs two on this one)",
-    "NODE_NUM=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 MASTER_PORT=29500 DEVICE_NUM=8 bash scripts/run_distribute_train_gpu.sh "
-    "imagenet2012 default_config_gpu_imagenet.yaml /shared/ImageNet": TWO_MACHINES + " with GPUs",
+    "NODE_NUM=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 MASTER_PORT=29500 DEVICE_NUM=8 "
+    "bash scripts/run_distribute_train_gpu.sh imagenet2012 default_config_gpu_imagenet.yaml /shared/ImageNet":
+        TWO_MACHINES + " with GPUs",
     "NODE_NUM=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 MASTER_PORT=29500 bash scripts/run_distribute_train_msrun.sh "
     "imagenet2012 /shared/ImageNet": TWO_MACHINES + " with Ascend devices",
     # Speed on CPU, and the benchmark
