@@ -5,10 +5,12 @@ import hashlib
 import logging
 import os
 import subprocess
+import sys
 import tempfile
 from ctypes import CDLL
 from pathlib import Path
 
+import mindspore
 import mindspore.ops as ops
 
 SOURCES = tuple(Path(__file__).with_name(name)
@@ -45,17 +47,17 @@ def compiler_flags() -> list:
     return ["-O3", *vector, "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared", "-std=c++17"]
 
 
-def _build() -> str:
-    source = b"".join(path.read_bytes() for path in SOURCES + HEADERS)
-    flags = compiler_flags()
-    key = hashlib.sha256(source + " ".join(flags).encode()).hexdigest()[:16]
-    target = cache_dir() / f"kernels_{key}.so"
+def _build(name, sources, headers, flags, libraries=()) -> str:
+    source = b"".join(path.read_bytes() for path in sources + headers)
+    key = hashlib.sha256(source + " ".join(flags + list(libraries)).encode()).hexdigest()[:16]
+    target = cache_dir() / f"{name}_{key}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
         try:
-            subprocess.run(["g++", *flags, *map(str, SOURCES), "-o", tmp], check=True, capture_output=True, text=True)
+            subprocess.run(["g++", *flags, *map(str, sources), "-o", tmp, *libraries], check=True,
+                           capture_output=True, text=True)
             os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):
@@ -69,7 +71,7 @@ def kernel_library():
     processes at once: each writes a temporary file and renames it), or None with one warning if it fails."""
     if "path" not in _library:
         try:
-            _library["path"] = _build()
+            _library["path"] = _build("kernels", SOURCES, HEADERS, compiler_flags())
         except (OSError, subprocess.CalledProcessError) as error:
             lines = str(getattr(error, "stderr", None) or error).strip().splitlines() or [""]
             reason = next((line for line in lines if "error" in line), lines[-1])
@@ -79,9 +81,60 @@ def kernel_library():
     return _library["path"]
 
 
-def aot(symbol, out_shape, bprop=None, out_dtype=lambda x, *_: x):
-    """ops.Custom for `symbol` of the kernel library (which must be available: see `kernel_library`); `out_shape` /
-    `out_dtype` map the inputs' shapes / dtypes to the outputs' (by default one output of the first input's
-    dtype)."""
-    return ops.Custom(f"{kernel_library()}:{symbol}", out_shape=out_shape, out_dtype=out_dtype, func_type="aot",
-                      bprop=bprop)
+def onednn_paths():
+    """(folder of oneDNN's C++ headers, MindSpore's own libdnnl.so.3) or None where either is missing.  The headers
+    come from the onednn-devel-cpu-gomp package (oneDNN 3.2; scripts/setup_env.sh installs it without its library):
+    oneDNN keeps its C API and ABI within major version 3, and MindSpore 2.10 ships oneDNN 3.10.1, built for the
+    threadpool runtime (the kernels hand it an OpenMP pool)."""
+    include = Path(sys.prefix) / "include"
+    dnnl = Path(mindspore.__file__).parent / "lib" / "libdnnl.so.3"
+    if not (include / "oneapi" / "dnnl" / "dnnl.hpp").exists() or not dnnl.exists():
+        return None
+    return include, dnnl
+
+
+def blocked_block() -> int:
+    """Channels per block of the blocked layout: 16 (one AVX-512 vector, oneDNN's nChw16c) where this CPU has
+    AVX-512, else 8 (nChw8c)."""
+    return 16 if cpu_has_avx512() else 8
+
+
+def blocked_library():
+    """Path of the blocked-layout kernel library (blocked_kernel.cc on MindSpore's oneDNN), or None with one
+    warning where it cannot be built (no headers, no libdnnl.so.3 in MindSpore, a compiler error) or its oneDNN is
+    not version 3, and without a warning where $MOBILENET_ZOO_BLOCKED is 0.  Then the lowered network keeps the NCHW
+    layout."""
+    if "blocked" not in _library and os.environ.get("MOBILENET_ZOO_BLOCKED", "1") == "0":
+        _library["blocked"] = None  # asked for the NCHW kernels (tests of that path, before/after comparisons)
+    if "blocked" not in _library:
+        paths, reason = onednn_paths(), "oneDNN headers (pip install --no-deps onednn-devel-cpu-gomp==2023.2.0) or " \
+                                         "MindSpore's lib/libdnnl.so.3 not found"
+        _library["blocked"] = None
+        if paths is not None:
+            include, dnnl = paths
+            here = Path(__file__).parent
+            try:
+                path = _build("blocked", (here / "blocked_kernel.cc",), (here / "kernel_util.h",),
+                              compiler_flags() + (["-mavx512f"] if cpu_has_avx512() else [])
+                              + [f"-DBLOCK={blocked_block()}", f"-I{include}", f"-I{here}"],
+                              [str(dnnl), f"-Wl,-rpath,{dnnl.parent}"])
+                version = CDLL(path).OneDNNVersion()
+                if version // 10000 == 3:
+                    _library["blocked"] = path
+                else:
+                    reason = f"oneDNN {version} in MindSpore, the kernels need version 3"
+            except (OSError, subprocess.CalledProcessError) as error:
+                lines = str(getattr(error, "stderr", None) or error).strip().splitlines() or [""]
+                reason = next((line for line in lines if "error" in line), lines[-1])
+        if _library["blocked"] is None:
+            logging.getLogger(__name__).warning("blocked-layout CPU kernels unavailable, inference keeps NCHW: %s",
+                                                reason)
+    return _library["blocked"]
+
+
+def aot(symbol, out_shape, bprop=None, out_dtype=lambda x, *_: x, library=None):
+    """ops.Custom for `symbol` of the kernel library (which must be available: see `kernel_library`), or of the
+    library at path `library`; `out_shape` / `out_dtype` map the inputs' shapes / dtypes to the outputs' (by default
+    one output of the first input's dtype)."""
+    return ops.Custom(f"{library or kernel_library()}:{symbol}", out_shape=out_shape, out_dtype=out_dtype,
+                      func_type="aot", bprop=bprop)

@@ -10,13 +10,17 @@ from typing import Callable
 import mindspore as ms
 import mindspore.nn as nn
 
+from src.kernels.blocked import blocked_features
 from src.kernels.depthwise import STRIDES
 from src.kernels.fused import (ConvBNAct, DepthwiseConvBNAct, DepthwisePointwise, GlobalMean, PointwiseConvBNAct,
                                ShortcutBlock, SqueezeExcite, StemConvBNAct)
 from src.kernels.library import cpu_has_avx512, kernel_library
 from src.kernels.pointwise import SEPARABLE
 from src.model_utils.cli import log
-from src.models import layers, mobilenet_v3
+from src.models import layers, mobilenet_v1, mobilenet_v3
+
+# The last step, on the whole of a network's `features` (blocked.py): the blocked layout.
+BLOCKED = "blocked-layout features"
 
 # Activation cells the kernels compute, by their kernels' names.
 ACTIVATIONS = {nn.ReLU: "relu", nn.ReLU6: "relu6", layers.HSwish: "hswish", nn.HSwish: "hswish"}
@@ -162,7 +166,13 @@ def lower_for_cpu(net: nn.Cell) -> nn.Cell:
     before = [(id(p), p.name) for p in net.get_parameters()]
     counts = Counter()
     _lower(net, counts)
+    if isinstance(net, (mobilenet_v1.MobileNetV1, mobilenet_v3.MobileNetV3)):
+        blocked = blocked_features(net.features)
+        if blocked is not None:
+            net.insert_child_to_cell("features", blocked)
+            counts[BLOCKED] += 1
     if sorted(before) != sorted((id(p), p.name) for p in net.get_parameters()):
         raise RuntimeError("lower_for_cpu changed the network's parameters")
-    log("CPU kernels: " + ", ".join(f"{counts[rule.name]} {rule.name}" for rule in RULES if counts[rule.name]))
+    names = [rule.name for rule in RULES] + [BLOCKED]
+    log("CPU kernels: " + ", ".join(f"{counts[name]} {name}" for name in names if counts[name]))
     return net

@@ -1,0 +1,224 @@
+"""The blocked layout: a lowered network's `features` (stem to last convolution), in training and inference, on
+tensors of shape (N, ceil(C / B), H, W, B), B = 16 with AVX-512 (oneDNN's nChw16c), 8 otherwise, so that oneDNN's
+blocked depthwise and 1x1 convolutions (forward and backward) and our BatchNorm + activation work on whole vectors of
+channels (blocked_kernel.cc; DESIGN.md section 8 measures them against our NCHW kernels per layer).  The stem reads
+NCHW and writes blocked, the region ends with one reorder back to NCHW, so what enters and leaves `features` is
+unchanged.  `blocked_features` builds the region from the lowered NCHW cells (their Parameter objects), or returns
+None where a cell in it has no blocked form (then the network keeps the NCHW cells)."""
+import mindspore as ms
+import mindspore.nn as nn
+import mindspore.ops as ops
+from mindspore import Tensor
+
+from src.kernels.batchnorm import fold_batchnorm_op
+from src.kernels.bias_act import ACTIVATION_SYMBOLS
+from src.kernels.depthwise import conv_output_shape, padding_symbol
+from src.kernels.fused import (DepthwiseConvBNAct, DepthwisePointwise, FusedCell, PointwiseConvBNAct, ShortcutBlock,
+                               SqueezeExcite, StemConvBNAct)
+from src.kernels.library import aot, blocked_block, blocked_library
+from src.models import mobilenet_v3
+
+
+def _op(symbol, out_shape, bprop=None, out_dtype=lambda x, *_: x):
+    return aot(symbol, out_shape, bprop, out_dtype, library=blocked_library())
+
+
+def _sequence(cells: list) -> nn.SequentialCell:
+    """nn.SequentialCell(cells) with the parameters' names (and states) as they were: SequentialCell prefixes them
+    with the cells' positions (mindspore/nn/layer/container.py, SequentialCell.__init__)."""
+    saved = [(param, param.name, param.is_init) for cell in cells for param in cell.get_parameters()]
+    sequence = nn.SequentialCell(cells)
+    for param, name, is_init in saved:
+        param.name, param.is_init = name, is_init
+    return sequence
+
+
+def _blocks(channels: int) -> int:
+    return -(-channels // blocked_block())
+
+
+def _conv_train_op(kind: str, suffix: str, out_shape):
+    """Custom op y = conv(x, w) of `kind` (Stem: x NCHW, Depthwise, Pointwise) by oneDNN, with its gradients (the
+    stem's input gradient is zero: its input is the image) as bprop."""
+    input_grad = None if kind == "Stem" else _op(f"Blocked{kind}InputGrad{suffix}", lambda x, w, dy: x)
+    weight_grad = _op(f"Blocked{kind}WeightGrad{suffix}", lambda x, w, dy: w)
+
+    def bprop(x, w, out, dout):
+        dx = ops.zeros_like(x) if input_grad is None else input_grad(x, w, dout)
+        return dx, weight_grad(x, w, dout)
+
+    return _op(f"Blocked{kind}Train{suffix}", out_shape, bprop)
+
+
+def _batchnorm_train_op(activation):
+    """Custom op (y, mean, var) = BatchNorm on batch statistics + `activation` of blocked x, op(x, gamma, beta, eps),
+    with its gradient op (which recomputes the pre-activation from x) as bprop: batchnorm.batchnorm_train_op's
+    mathematics on the blocked layout."""
+    name = ACTIVATION_SYMBOLS[activation]
+
+    def like_x_and_two_gammas(x, gamma, *_):
+        return x, gamma, gamma
+
+    grad = _op(f"BlockedBNTrainGrad{name}", like_x_and_two_gammas, out_dtype=like_x_and_two_gammas)
+
+    def bprop(x, gamma, beta, eps, out, dout):
+        dx, dgamma, dbeta = grad(x, gamma, beta, eps, out[1], out[2], dout[0])
+        return dx, dgamma, dbeta, ops.zeros_like(eps)
+
+    return _op(f"BlockedBNTrain{name}", like_x_and_two_gammas, bprop, out_dtype=like_x_and_two_gammas)
+
+
+class BlockedConvBNAct(FusedCell):
+    """A lowered conv -> BatchNorm -> activation on blocked tensors (the stem's input is NCHW), plus the shortcut
+    with `construct(x, residual)` after a linear 1x1.  Training: oneDNN's convolution, then our BatchNorm on batch
+    statistics + activation in one pass, the moving statistics updated as MindSpore's BatchNorm does (as
+    fused.ConvBNAct).  Inference: the BatchNorm folded into the convolution's weight and bias, then oneDNN's
+    convolution with the bias, the activation and the shortcut fused."""
+
+    def __init__(self, cell):
+        super().__init__()
+        self.conv, self.bn = cell.conv, cell.bn
+        self.fold = fold_batchnorm_op()
+        self.eps = Tensor([cell.bn.eps], ms.float32)
+        self.out_channels = cell.conv.out_channels
+        block, stride = blocked_block(), cell.conv.stride[0]
+        act = ACTIVATION_SYMBOLS[cell.activation]
+
+        def out_shape(x, w, *_):
+            return [x[0], _blocks(w[0]), *conv_output_shape(x, w, stride)[2:], block]
+
+        self.op_residual = None
+        self.bn_act = _batchnorm_train_op(cell.activation)
+        if isinstance(cell, PointwiseConvBNAct):
+            self.op = _op(f"BlockedPointwise{act}", out_shape)
+            self.conv_train = _conv_train_op("Pointwise", "", out_shape)
+            if cell.activation is None:
+                self.op_residual = _op("BlockedPointwiseResidual", lambda x, w, b, r: r)
+        else:
+            kind = "Stem" if isinstance(cell, StemConvBNAct) else "Depthwise"
+            suffix = padding_symbol(stride, cell.conv.pad_mode == "same")
+            self.op = _op(f"Blocked{kind}{act}{suffix}", out_shape)
+            self.conv_train = _conv_train_op(kind, suffix, out_shape)
+
+    def construct(self, x, residual=None):
+        bn = self.bn
+        if self.training:
+            y = self.conv_train(x, self.conv.weight)
+            z, mean, var = self.bn_act(y, bn.gamma, bn.beta, self.eps)
+            count = y.shape[0] * y.shape[2] * y.shape[3]
+            unbiased = var * (count / max(count - 1, 1))
+            ops.assign(bn.moving_mean, bn.moving_mean * (1.0 - bn.momentum) + mean * bn.momentum)
+            ops.assign(bn.moving_variance, bn.moving_variance * (1.0 - bn.momentum) + unbiased * bn.momentum)
+            return z if residual is None else z + residual
+        weight, bias = self.fold(self.conv.weight, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance, self.eps)
+        if residual is None:
+            return self.op(x, weight, bias)
+        return self.op_residual(x, weight, bias, residual)
+
+
+class BlockedSqueezeExcite(FusedCell):
+    """A lowered squeeze-excite on blocked tensors: the mean over height and width (ours), the two small convolutions
+    on (N, C, 1, 1) as MindSpore's, the h-sigmoid gate scaling the input (ours); each with its gradient."""
+
+    def __init__(self, se: SqueezeExcite):
+        super().__init__()
+        self.reduce, self.relu, self.expand = se.reduce, se.relu, se.expand
+        self.channels = self.out_channels = se.reduce.in_channels
+        mean_grad = _op("BlockedGlobalMeanGrad", lambda x, dy: x)
+        gate_grad = _op("BlockedHSigmoidGateGrad", lambda x, g, dy: (x, g), out_dtype=lambda x, g, dy: (x, g))
+
+        def mean_bprop(x, out, dout):
+            return (mean_grad(x, dout),)
+
+        def gate_bprop(x, g, out, dout):
+            return gate_grad(x, g, dout)
+
+        self.mean = _op("BlockedGlobalMean", lambda x: [x[0], x[1] * x[4]], mean_bprop)
+        self.gate_and_scale = _op("BlockedHSigmoidGate", lambda x, g: x, gate_bprop)
+
+    def construct(self, x):
+        pooled = self.mean(x)[:, :self.channels].reshape(x.shape[0], self.channels, 1, 1)
+        return self.gate_and_scale(x, self.expand(self.relu(self.reduce(pooled))))
+
+
+class BlockedShortcut(FusedCell):
+    """An inverted residual block with its shortcut on blocked tensors: the block's cells, the last (a linear 1x1)
+    adding the block's input in its output pass."""
+
+    def __init__(self, cells: list):
+        super().__init__()
+        self.body = _sequence(cells[:-1])
+        self.last = cells[-1]
+        self.out_channels = self.last.out_channels
+
+    def construct(self, x):
+        return self.last(self.body(x), x)
+
+
+class BlockedFeatures(FusedCell):
+    """`features` on the blocked layout: the blocked cells (`blocked`), then one reorder to NCHW of `channels`
+    channels (its gradient the reorder back)."""
+
+    def __init__(self, blocked: list, channels: int):
+        super().__init__()
+        self.blocked = _sequence(blocked)
+        block = blocked_block()
+        from_nchw = _op("BlockedFromNCHW", lambda dy: [dy[0], _blocks(dy[1]), dy[2], dy[3], block])
+
+        def bprop(x, out, dout):
+            return (from_nchw(dout),)
+
+        self.to_nchw = _op("BlockedToNCHW", lambda x: [x[0], channels, x[2], x[3]], bprop)
+
+    def construct(self, x):
+        return self.to_nchw(self.blocked(x))
+
+
+def _blocked_cells(cell, first: bool):
+    """The blocked cells computing `cell` (a lowered cell of `features`), or None."""
+    if isinstance(cell, nn.Identity):
+        return []
+    bns = [part.bn for part in (cell, getattr(cell, "depthwise", None), getattr(cell, "pointwise", None))
+           if hasattr(part, "bn")]
+    if any(bn.use_batch_statistics is not None for bn in bns):
+        return None  # a BatchNorm set to its moving statistics in training (or batch statistics in inference)
+    if type(cell) is StemConvBNAct:
+        return [BlockedConvBNAct(cell)] if first else None
+    if first:
+        return None
+    if type(cell) in (DepthwiseConvBNAct, PointwiseConvBNAct):
+        return [BlockedConvBNAct(cell)]
+    if type(cell) is DepthwisePointwise:
+        return [BlockedConvBNAct(cell.depthwise), BlockedConvBNAct(cell.pointwise)]
+    if type(cell) is SqueezeExcite:
+        return [BlockedSqueezeExcite(cell)]
+    if type(cell) is ShortcutBlock:
+        cells = _blocked_sequence(cell.block.cell_list[:cell.last + 1], first=False)
+        if not cells or not isinstance(cells[-1], BlockedConvBNAct) or cells[-1].op_residual is None:
+            return None
+        return [BlockedShortcut(cells)]
+    if type(cell) is mobilenet_v3.InvertedResidual and not cell.use_residual:
+        return _blocked_sequence(cell.block.cell_list, first=False)
+    return None
+
+
+def _blocked_sequence(cells, first: bool):
+    out = []
+    for cell in cells:
+        converted = _blocked_cells(cell, first and not out)
+        if converted is None:
+            return None
+        out += converted
+    return out
+
+
+def blocked_features(features: nn.SequentialCell):
+    """A `BlockedFeatures` for a lowered network's `features` (a stem first, then cells that all have a blocked
+    form), or None (then the network keeps NCHW): where the blocked library is unavailable, a cell stayed standard
+    or float16, or the features do not start with a stem."""
+    if type(features) is not nn.SequentialCell or blocked_library() is None:
+        return None
+    cells = _blocked_sequence(features.cell_list, first=True)
+    if not cells:
+        return None
+    return BlockedFeatures(cells, cells[-1].out_channels)

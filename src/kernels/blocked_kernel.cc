@@ -1,0 +1,680 @@
+// Inference kernels on the blocked layout (channels in blocks of BLOCK = 16 with AVX-512, 8 otherwise: oneDNN's
+// nChw16c / nChw8c, a MindSpore tensor of shape (N, ceil(C / BLOCK), H, W, BLOCK) whose padding channels are zero).
+// The convolutions are oneDNN's, called through MindSpore's own libdnnl.so.3 (oneDNN 3.10.1, threadpool runtime:
+// we hand it an OpenMP thread pool); measured per layer shape against our NCHW kernels in DESIGN.md section 8
+// ("Blocked layout: who computes what"): 0.3-0.7x their time for the depthwise convolutions, 0.7-0.8x for the 1x1.
+// The squeeze-excite pieces are ours (one pass each).  One exported function per op (MindSpore AOT custom op
+// signature):
+//   BlockedStem{Act}{S1,S2,SameS2}(x NCHW, w, bias) -> y blocked          a dense k x k convolution (the stem)
+//   BlockedDepthwise{Act}{S1,S2,SameS2}(x, w (C,1,k,k), bias) -> y         depthwise k x k
+//   BlockedPointwise{Act}(x, w (O,C,1,1), bias) -> y                       1x1
+//   BlockedPointwiseResidual(x, w, bias, r) -> y = conv(x, w) + bias + r   1x1, linear, plus the shortcut
+//   BlockedToNCHW(x) -> y NCHW                                             the layout back (C from y's shape)
+//   BlockedGlobalMean(x) -> (N, Cpadded)                                   mean over H and W
+//   BlockedHSigmoidGate(x, g (N,C,1,1)) -> x * relu6(g + 3) / 6           squeeze-excite's scaling
+// Activations Act: Identity, ReLU, ReLU6, HSwish (oneDNN post-ops: relu, clip_v2 (0, 6), hardswish (1/6, 1/2)).
+// Padding: symmetric k / 2, or TensorFlow's "same" at stride 2 (half the total before, the odd one after).
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "kernel_util.h"
+#include "oneapi/dnnl/dnnl.hpp"
+#include "oneapi/dnnl/dnnl_threadpool.hpp"
+
+#ifndef BLOCK
+#define BLOCK 16
+#endif
+
+namespace {
+
+using dnnl::algorithm;
+using dnnl::memory;
+using Tag = memory::format_tag;
+constexpr Tag kBlocked = BLOCK == 16 ? Tag::nChw16c : Tag::nChw8c;
+constexpr int64_t kB = BLOCK;
+
+// oneDNN's threads: OpenMP's (the pool our other kernels use, so OMP_WAIT_POLICY and OMP_NUM_THREADS apply).
+struct OmpPool : dnnl::threadpool_interop::threadpool_iface {
+  int get_num_threads() const override { return omp_get_max_threads(); }
+  bool get_in_parallel() const override { return omp_in_parallel(); }
+  uint64_t get_flags() const override { return 0; }  // synchronous: parallel_for returns when all fn calls have
+  void parallel_for(int n, const std::function<void(int, int)>& fn) override {
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; ++i) {
+      FlushDenormals flush;
+      fn(i, n);
+    }
+  }
+};
+
+struct Runtime {
+  dnnl::engine engine{dnnl::engine::kind::cpu, 0};
+  OmpPool pool;
+  dnnl::stream stream = dnnl::threadpool_interop::make_stream(engine, &pool);
+};
+
+Runtime& runtime() {
+  static Runtime r;
+  return r;
+}
+
+enum Act { kIdentity, kReLU, kReLU6, kHSwish };
+
+// What a convolution primitive computes: inference (bias, activation, shortcut fused), the training forward (no
+// bias), the gradient of its input, of its weights.
+enum Pass { kInference, kForward, kBackwardData, kBackwardWeights };
+
+// A convolution primitive with the descriptors of its source (x or dx), destination (y or dy) and weights (w or
+// dw, in the primitive's blocked format) and the reorder between those weights and the plain OIHW / GOIHW ones
+// MindSpore holds (plain -> blocked, or for the weight gradient blocked -> plain); created once per geometry.
+struct Conv {
+  dnnl::primitive prim;
+  memory::desc src, dst, bias, weights, plain_weights;
+  bool reorder_weights;
+  dnnl::reorder weight_reorder;
+};
+
+struct Geometry {
+  int64_t n, c, h, w, o, k, s, ho, wo;
+  bool same, depthwise, nchw_src, residual;
+  Act act;
+  Pass pass;
+};
+
+int64_t PaddingBefore(const Geometry& g, int64_t size, int64_t out) {
+  if (!g.same) return g.k / 2;
+  return std::max<int64_t>((out - 1) * g.s + g.k - size, 0) / 2;
+}
+
+int64_t PaddingAfter(const Geometry& g, int64_t size, int64_t out) {
+  return (out - 1) * g.s + g.k - size - PaddingBefore(g, size, out);
+}
+
+std::shared_ptr<Conv> MakeConv(const Geometry& g) {
+  const auto& eng = runtime().engine;
+  memory::desc src({g.n, g.c, g.h, g.w}, memory::data_type::f32, g.nchw_src ? Tag::nchw : kBlocked);
+  memory::desc dst({g.n, g.o, g.ho, g.wo}, memory::data_type::f32, kBlocked);
+  memory::dims wdims = g.depthwise ? memory::dims{g.c, 1, 1, g.k, g.k} : memory::dims{g.o, g.c, g.k, g.k};
+  memory::desc weights(wdims, memory::data_type::f32, Tag::any);
+  memory::desc plain(wdims, memory::data_type::f32, g.depthwise ? Tag::goihw : Tag::oihw);
+  memory::desc bias({g.o}, memory::data_type::f32, Tag::x);
+  dnnl::post_ops ops;
+  if (g.act == kReLU) ops.append_eltwise(algorithm::eltwise_relu, 0.f, 0.f);
+  if (g.act == kReLU6) ops.append_eltwise(algorithm::eltwise_clip_v2, 0.f, 6.f);
+  if (g.act == kHSwish) ops.append_eltwise(algorithm::eltwise_hardswish, 1.f / 6.f, 0.5f);
+  if (g.residual) ops.append_binary(algorithm::binary_add, dst);
+  dnnl::primitive_attr attr;
+  attr.set_post_ops(ops);
+  const memory::dims strides{g.s, g.s}, before{PaddingBefore(g, g.h, g.ho), PaddingBefore(g, g.w, g.wo)},
+      after{PaddingAfter(g, g.h, g.ho), PaddingAfter(g, g.w, g.wo)};
+  auto conv = std::make_shared<Conv>();
+  conv->plain_weights = plain;
+  if (g.pass == kInference) {
+    dnnl::convolution_forward::primitive_desc pd(eng, dnnl::prop_kind::forward_inference,
+                                                 algorithm::convolution_direct, src, weights, bias, dst, strides,
+                                                 before, after, attr);
+    conv->prim = dnnl::convolution_forward(pd);
+    conv->src = pd.src_desc(), conv->dst = pd.dst_desc(), conv->weights = pd.weights_desc();
+    conv->bias = pd.bias_desc();
+  } else {
+    dnnl::convolution_forward::primitive_desc forward(eng, dnnl::prop_kind::forward_training,
+                                                      algorithm::convolution_direct, src, weights, dst, strides,
+                                                      before, after);
+    if (g.pass == kForward) {
+      conv->prim = dnnl::convolution_forward(forward);
+      conv->src = forward.src_desc(), conv->dst = forward.dst_desc(), conv->weights = forward.weights_desc();
+    } else if (g.pass == kBackwardData) {
+      dnnl::convolution_backward_data::primitive_desc pd(eng, algorithm::convolution_direct, src, weights, dst,
+                                                         strides, before, after, forward);
+      conv->prim = dnnl::convolution_backward_data(pd);
+      conv->src = pd.diff_src_desc(), conv->dst = pd.diff_dst_desc(), conv->weights = pd.weights_desc();
+    } else {
+      dnnl::convolution_backward_weights::primitive_desc pd(eng, algorithm::convolution_direct, src, weights, dst,
+                                                            strides, before, after, forward);
+      conv->prim = dnnl::convolution_backward_weights(pd);
+      conv->src = pd.src_desc(), conv->dst = pd.diff_dst_desc(), conv->weights = pd.diff_weights_desc();
+    }
+  }
+  conv->reorder_weights = conv->weights != plain;
+  if (conv->reorder_weights) {
+    conv->weight_reorder = g.pass == kBackwardWeights
+                               ? dnnl::reorder(dnnl::reorder::primitive_desc(eng, conv->weights, eng, plain))
+                               : dnnl::reorder(dnnl::reorder::primitive_desc(eng, plain, eng, conv->weights));
+  }
+  return conv;
+}
+
+std::shared_ptr<Conv> GetConv(const Geometry& g) {
+  static std::mutex mutex;
+  static std::unordered_map<std::string, std::shared_ptr<Conv>> cache;
+  std::ostringstream key;
+  key << g.n << ',' << g.c << ',' << g.h << ',' << g.w << ',' << g.o << ',' << g.k << ',' << g.s << ',' << g.ho
+      << ',' << g.wo << ',' << g.same << g.depthwise << g.nchw_src << g.residual << g.act << g.pass;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& entry = cache[key.str()];
+  if (!entry) entry = MakeConv(g);
+  return entry;
+}
+
+// kInference: y = act(conv(x, w) + bias) (+ r), params x, w, bias, [r], y.  kForward: y = conv(x, w), params x,
+// w, y.  kBackwardData: dx, params x (its shape only), w, dy, dx.  kBackwardWeights: dw, params x, w (its shape
+// only), dy, dw.
+int RunConv(const Geometry& g, void** params) {
+  try {
+    auto conv = GetConv(g);
+    auto& rt = runtime();
+    const bool inference = g.pass == kInference, forward = inference || g.pass == kForward;
+    void* dst_data = inference ? params[g.residual ? 4 : 3] : params[2];
+    void* src_data = g.pass == kBackwardData ? params[3] : params[0];
+    void* weight_data = g.pass == kBackwardWeights ? params[3] : params[1];
+    memory src(conv->src, rt.engine, src_data), dst(conv->dst, rt.engine, dst_data);
+    memory plain(conv->plain_weights, rt.engine, weight_data);
+    std::vector<float> buffer;
+    memory weights = plain;
+    if (conv->reorder_weights) {
+      buffer.resize(conv->weights.get_size() / sizeof(float));
+      weights = memory(conv->weights, rt.engine, buffer.data());
+      if (g.pass != kBackwardWeights) conv->weight_reorder.execute(rt.stream, plain, weights);
+    }
+    std::unordered_map<int, memory> args;
+    if (forward) {
+      args = {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dst}};
+    } else if (g.pass == kBackwardData) {
+      args = {{DNNL_ARG_DIFF_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DIFF_DST, dst}};
+    } else {
+      args = {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_WEIGHTS, weights}, {DNNL_ARG_DIFF_DST, dst}};
+    }
+    if (inference) args.emplace(DNNL_ARG_BIAS, memory(conv->bias, rt.engine, params[2]));
+    if (g.residual) {
+      const int index = g.act == kIdentity ? 0 : 1;
+      args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(index) | DNNL_ARG_SRC_1, memory(conv->dst, rt.engine, params[3]));
+    }
+    conv->prim.execute(rt.stream, args);
+    if (g.pass == kBackwardWeights && conv->reorder_weights) conv->weight_reorder.execute(rt.stream, weights, plain);
+    rt.stream.wait();
+    return 0;
+  } catch (const dnnl::error& e) {
+    std::fprintf(stderr, "oneDNN convolution failed: %s (status %d)\n", e.what(), static_cast<int>(e.status));
+    return 1;
+  }
+}
+
+bool Float32(int n, int* ndims, const char** dtypes, std::initializer_list<int> expected_ndims) {
+  int i = 0;
+  for (int nd : expected_ndims) {
+    if (i >= n || ndims[i] != nd || std::strcmp(dtypes[i], "float32") != 0) return false;
+    ++i;
+  }
+  return i == n;
+}
+
+template <Act A, int64_t S, bool kSame>
+int Stem(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
+  if (nparam != 4 || !Float32(4, ndims, dtypes, {4, 4, 1, 5})) return 1;
+  const int64_t* x = shapes[0];
+  const int64_t* w = shapes[1];
+  Geometry g{x[0], x[1], x[2], x[3], w[0], w[2], S, shapes[3][2], shapes[3][3], kSame, false, true, false, A, kInference};
+  if (w[1] != x[1] || w[2] != w[3] || shapes[3][1] * kB < w[0] || shapes[3][4] != kB) return 1;
+  return RunConv(g, params);
+}
+
+template <Act A, int64_t S, bool kSame>
+int Depthwise(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
+  if (nparam != 4 || !Float32(4, ndims, dtypes, {5, 4, 1, 5})) return 1;
+  const int64_t* x = shapes[0];
+  const int64_t* w = shapes[1];
+  Geometry g{x[0], w[0], x[2], x[3], w[0], w[2], S, shapes[3][2], shapes[3][3], kSame, true, false, false, A, kInference};
+  if (w[1] != 1 || w[2] != w[3] || x[1] * kB < w[0] || x[4] != kB) return 1;
+  return RunConv(g, params);
+}
+
+template <Act A, bool kResidual>
+int Pointwise(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
+  const int out = kResidual ? 4 : 3;
+  if (nparam != out + 1 ||
+      !(kResidual ? Float32(5, ndims, dtypes, {5, 4, 1, 5, 5}) : Float32(4, ndims, dtypes, {5, 4, 1, 5}))) {
+    return 1;
+  }
+  const int64_t* x = shapes[0];
+  const int64_t* w = shapes[1];
+  Geometry g{x[0], w[1], x[2], x[3], w[0], 1, 1, x[2], x[3], false, false, false, kResidual, A, kInference};
+  if (w[2] != 1 || w[3] != 1 || x[1] * kB < w[1] || shapes[out][1] * kB < w[0]) return 1;
+  return RunConv(g, params);
+}
+
+int ToNCHW(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
+  if (nparam != 2 || !Float32(2, ndims, dtypes, {5, 4})) return 1;
+  const int64_t* y = shapes[1];
+  try {
+    auto& rt = runtime();
+    memory::desc blocked({y[0], y[1], y[2], y[3]}, memory::data_type::f32, kBlocked);
+    memory::desc plain({y[0], y[1], y[2], y[3]}, memory::data_type::f32, Tag::nchw);
+    memory src(blocked, rt.engine, params[0]), dst(plain, rt.engine, params[1]);
+    dnnl::reorder(src, dst).execute(rt.stream, src, dst);
+    rt.stream.wait();
+    return 0;
+  } catch (const dnnl::error& e) {
+    std::fprintf(stderr, "oneDNN reorder failed: %s\n", e.what());
+    return 1;
+  }
+}
+
+// (N, Cb, H, W, B) -> (N, Cb * B): the mean of each channel over H and W.
+int GlobalMean(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
+  if (nparam != 2 || !Float32(2, ndims, dtypes, {5, 2})) return 1;
+  const int64_t* x = shapes[0];
+  const int64_t blocks = x[0] * x[1], plane = x[2] * x[3];
+  const float* in = static_cast<const float*>(params[0]);
+  float* out = static_cast<float*>(params[1]);
+  const float scale = 1.0f / static_cast<float>(plane);
+  ParallelFor(blocks, blocks * plane * kB > 32768, [&](int64_t first, int64_t last) {
+    for (int64_t b = first; b < last; ++b) {
+      float sum[kB] = {};
+      const float* p = in + b * plane * kB;
+      for (int64_t i = 0; i < plane; ++i) {
+        for (int j = 0; j < kB; ++j) sum[j] += p[i * kB + j];
+      }
+      for (int j = 0; j < kB; ++j) out[b * kB + j] = sum[j] * scale;
+    }
+  });
+  return 0;
+}
+
+// y = x * relu6(g + 3) / 6 per channel, g (N, C, 1, 1); padding channels stay zero.
+int HSigmoidGate(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
+  if (nparam != 3 || !Float32(3, ndims, dtypes, {5, 4, 5})) return 1;
+  const int64_t* x = shapes[0];
+  const int64_t c = shapes[1][1], blocks = x[0] * x[1], plane = x[2] * x[3];
+  if (shapes[1][0] != x[0] || c > x[1] * kB) return 1;
+  const float* in = static_cast<const float*>(params[0]);
+  const float* gate = static_cast<const float*>(params[1]);
+  float* out = static_cast<float*>(params[2]);
+  ParallelFor(blocks, blocks * plane * kB > 32768, [&](int64_t first, int64_t last) {
+    for (int64_t b = first; b < last; ++b) {
+      const int64_t n = b / x[1], c0 = (b % x[1]) * kB;
+      float scale[kB];
+      for (int j = 0; j < kB; ++j) {
+        const float z = c0 + j < c ? gate[n * c + c0 + j] : 0.f;
+        scale[j] = c0 + j < c ? std::min(std::max(z + 3.0f, 0.0f), 6.0f) / 6.0f : 0.f;
+      }
+      const float* p = in + b * plane * kB;
+      float* q = out + b * plane * kB;
+      for (int64_t i = 0; i < plane; ++i) {
+        for (int j = 0; j < kB; ++j) q[i * kB + j] = p[i * kB + j] * scale[j];
+      }
+    }
+  });
+  return 0;
+}
+
+// The training convolutions of kind Kind (kStem: x NCHW; kDepthwise; kPointwise), pass P:
+//   kForward (x, w) -> y,  kBackwardData (x, w, dy) -> dx,  kBackwardWeights (x, w, dy) -> dw.
+enum Kind { kStem, kDepthwise, kPointwise };
+
+int DepthwiseWeightGradOurs(const Geometry& g, void** params);
+
+template <Kind K, Pass P, int64_t S, bool kSame>
+int Train(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
+  const int x_ndim = K == kStem ? 4 : 5, out_ndim = P == kBackwardWeights ? 4 : 5;
+  if (P == kForward ? (nparam != 3 || !Float32(3, ndims, dtypes, {x_ndim, 4, 5}))
+                    : (nparam != 4 || !Float32(4, ndims, dtypes, {x_ndim, 4, 5, out_ndim}))) {
+    return 1;
+  }
+  const int64_t* x = shapes[0];
+  const int64_t* w = shapes[1];
+  const int64_t c = K == kStem ? x[1] : K == kDepthwise ? w[0] : w[1];
+  Geometry g{x[0], c, x[2], x[3], w[0], w[2], S, shapes[2][2], shapes[2][3], kSame, K == kDepthwise, K == kStem,
+             false, kIdentity, P};
+  if (w[2] != w[3] || (K == kDepthwise && w[1] != 1) || (K != kStem && x[1] * kB < c) || shapes[2][1] * kB < w[0]) {
+    return 1;
+  }
+  if (K == kDepthwise && P == kBackwardWeights && g.k != 3) return DepthwiseWeightGradOurs(g, params);
+  return RunConv(g, params);
+}
+
+// dw (C, 1, k, k) of a depthwise convolution from x and dy, blocked: oneDNN has no fast kernel for it beyond 3x3
+// (its reference kernel took 66-240x our time at 5x5, DESIGN.md section 8).  One task per channel block, sums in
+// float per image and in double across images (the same result for any thread count).
+int DepthwiseWeightGradOurs(const Geometry& g, void** params) {
+  const float* x = static_cast<const float*>(params[0]);
+  const float* dy = static_cast<const float*>(params[2]);
+  float* dw = static_cast<float*>(params[3]);
+  const int64_t blocks = (g.c + kB - 1) / kB, k = g.k, taps = k * k;
+  const int64_t top = PaddingBefore(g, g.h, g.ho), left = PaddingBefore(g, g.w, g.wo);
+  ParallelFor(blocks, blocks > 1, [&](int64_t first, int64_t last) {
+    std::vector<double> total(taps * kB);
+    std::vector<float> part(taps * kB);
+    for (int64_t b = first; b < last; ++b) {
+      std::fill(total.begin(), total.end(), 0.0);
+      for (int64_t n = 0; n < g.n; ++n) {
+        std::fill(part.begin(), part.end(), 0.0f);
+        const float* xs = x + (n * blocks + b) * g.h * g.w * kB;
+        const float* ds = dy + (n * blocks + b) * g.ho * g.wo * kB;
+        for (int64_t oh = 0; oh < g.ho; ++oh) {
+          for (int64_t i = 0; i < k; ++i) {
+            const int64_t ih = oh * g.s + i - top;
+            if (ih < 0 || ih >= g.h) continue;
+            for (int64_t ow = 0; ow < g.wo; ++ow) {
+              const float* d = ds + (oh * g.wo + ow) * kB;
+              for (int64_t j = 0; j < k; ++j) {
+                const int64_t iw = ow * g.s + j - left;
+                if (iw < 0 || iw >= g.w) continue;
+                const float* xv = xs + (ih * g.w + iw) * kB;
+                float* acc = part.data() + (i * k + j) * kB;
+                for (int l = 0; l < kB; ++l) acc[l] += d[l] * xv[l];
+              }
+            }
+          }
+        }
+        for (int64_t t = 0; t < taps * kB; ++t) total[t] += part[t];
+      }
+      for (int l = 0; l < kB && b * kB + l < g.c; ++l) {
+        for (int64_t t = 0; t < taps; ++t) dw[(b * kB + l) * taps + t] = static_cast<float>(total[t * kB + l]);
+      }
+    }
+  });
+  return 0;
+}
+
+// Training-mode BatchNorm + activation on blocked x (gamma, beta, mean and var of the C real channels):
+//   BlockedBNTrain{Act}(x, gamma, beta, eps) -> (y, mean, var)
+//   BlockedBNTrainGrad{Act}(x, gamma, beta, eps, mean, var, dy) -> (dx, dgamma, dbeta)
+// as batchnorm_kernel.cc computes them on NCHW (sums shifted by each channel's first value; the pre-activation
+// recomputed from x in the gradient), one task per (channel block, image) for the sums, combined per block in image
+// order in double (the same result for any thread count); the padding channels of y and dx are zero.
+struct BNShape {
+  int64_t n, blocks, plane, c;
+};
+
+bool GetBNShape(int nparam, int* ndims, int64_t** shapes, const char** dtypes, BNShape* s) {
+  for (int i = 0; i < nparam; ++i) {
+    if (std::strcmp(dtypes[i], "float32") != 0) return false;
+  }
+  if (ndims[0] != 5 || shapes[0][4] != kB || ndims[1] != 1 || ndims[2] != 1 || ndims[3] != 1) return false;
+  *s = {shapes[0][0], shapes[0][1], shapes[0][2] * shapes[0][3], shapes[1][0]};
+  return shapes[2][0] == s->c && s->c <= s->blocks * kB && s->c > (s->blocks - 1) * kB && s->n * s->plane > 0;
+}
+
+// One block of channels as a vector (GCC vector extension: the activations of kernel_util.h apply to it).
+typedef float VB __attribute__((vector_size(kB * sizeof(float))));
+inline VB LoadB(const float* p) {
+  VB v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void StoreB(float* p, VB v) { std::memcpy(p, &v, sizeof v); }
+
+// Per (block, image) sums over the plane of two per-pixel vectors f(pixel offset) -> (u, v), in float over at most
+// kRow pixels then in double: part[(b * n + i) * 2 * kB + lane] (u) and [... + kB + lane] (v).
+template <typename F>
+void PlaneSums(const BNShape& s, std::vector<double>* part, F f) {
+  part->assign(s.blocks * s.n * 2 * kB, 0.0);
+  ParallelFor(s.blocks * s.n, s.blocks * s.n * s.plane * kB > 65536, [&](int64_t first, int64_t last) {
+    for (int64_t t = first; t < last; ++t) {
+      const int64_t b = t / s.n, n = t % s.n;
+      const int64_t offset = (n * s.blocks + b) * s.plane * kB;
+      double* out = part->data() + t * 2 * kB;
+      constexpr int64_t kRow = 64;
+      for (int64_t p0 = 0; p0 < s.plane; p0 += kRow) {
+        VB a = {}, q = {};
+        const int64_t p1 = std::min(s.plane, p0 + kRow);
+        for (int64_t p = p0; p < p1; ++p) f(b, offset + p * kB, &a, &q);
+        for (int l = 0; l < kB; ++l) {
+          out[l] += a[l];
+          out[kB + l] += q[l];
+        }
+      }
+    }
+  });
+}
+
+// f(block, pixel offset) over every (block, image) plane, in parallel.
+template <typename F>
+void PlaneMap(const BNShape& s, F f) {
+  ParallelFor(s.blocks * s.n, s.blocks * s.n * s.plane * kB > 65536, [&](int64_t first, int64_t last) {
+    for (int64_t t = first; t < last; ++t) {
+      const int64_t b = t / s.n, n = t % s.n;
+      const int64_t offset = (n * s.blocks + b) * s.plane * kB;
+      for (int64_t p = 0; p < s.plane; ++p) f(b, offset + p * kB);
+    }
+  });
+}
+
+template <typename A>
+int BNForward(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
+  BNShape s;
+  if (nparam != 7 || !GetBNShape(nparam, ndims, shapes, dtypes, &s)) return 1;
+  const float* x = static_cast<const float*>(params[0]);
+  const float* gamma = static_cast<const float*>(params[1]);
+  const float* beta = static_cast<const float*>(params[2]);
+  const float eps = *static_cast<const float*>(params[3]);
+  float* y = static_cast<float*>(params[4]);
+  float* mean_out = static_cast<float*>(params[5]);
+  float* var_out = static_cast<float*>(params[6]);
+  std::vector<float> shift(s.blocks * kB);
+  for (int64_t i = 0; i < s.blocks * kB; ++i) shift[i] = x[(i / kB) * s.plane * kB + i % kB];
+  std::vector<double> part;
+  PlaneSums(s, &part, [&](int64_t b, int64_t i, VB* u, VB* v) {
+    const VB d = LoadB(x + i) - LoadB(shift.data() + b * kB);
+    *u += d;
+    *v += d * d;
+  });
+  const double count = static_cast<double>(s.n * s.plane);
+  std::vector<float> scale(s.blocks * kB, 0.0f), bias(s.blocks * kB, 0.0f);
+  for (int64_t c = 0; c < s.c; ++c) {
+    const int64_t b = c / kB, l = c % kB;
+    double sum = 0.0, sumsq = 0.0;
+    for (int64_t n = 0; n < s.n; ++n) {
+      sum += part[(b * s.n + n) * 2 * kB + l];
+      sumsq += part[(b * s.n + n) * 2 * kB + kB + l];
+    }
+    const double mean_shifted = sum / count;
+    const double var = std::fmax(0.0, sumsq / count - mean_shifted * mean_shifted);
+    const double mean = shift[c] + mean_shifted;
+    const double factor = gamma[c] / std::sqrt(var + eps);
+    mean_out[c] = static_cast<float>(mean);
+    var_out[c] = static_cast<float>(var);
+    scale[c] = static_cast<float>(factor);
+    bias[c] = static_cast<float>(beta[c] - mean * factor);
+  }
+  PlaneMap(s, [&](int64_t b, int64_t i) {
+    StoreB(y + i, A::Apply(LoadB(x + i) * LoadB(scale.data() + b * kB) + LoadB(bias.data() + b * kB)));
+  });
+  return 0;
+}
+
+template <typename A>
+int BNBackward(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
+  BNShape s;
+  if (nparam != 10 || !GetBNShape(nparam, ndims, shapes, dtypes, &s)) return 1;
+  const float* x = static_cast<const float*>(params[0]);
+  const float* gamma = static_cast<const float*>(params[1]);
+  const float* beta = static_cast<const float*>(params[2]);
+  const float eps = *static_cast<const float*>(params[3]);
+  const float* mean_in = static_cast<const float*>(params[4]);
+  const float* var_in = static_cast<const float*>(params[5]);
+  const float* dy = static_cast<const float*>(params[6]);
+  float* dx = static_cast<float*>(params[7]);
+  float* dgamma = static_cast<float*>(params[8]);
+  float* dbeta = static_cast<float*>(params[9]);
+  const int64_t lanes = s.blocks * kB;
+  std::vector<double> invstd(lanes, 0.0);
+  std::vector<float> mean(lanes, 0.0f), scale(lanes, 0.0f), bias(lanes, 0.0f);
+  for (int64_t c = 0; c < s.c; ++c) {
+    invstd[c] = 1.0 / std::sqrt(static_cast<double>(var_in[c]) + eps);
+    mean[c] = mean_in[c];
+    scale[c] = static_cast<float>(gamma[c] * invstd[c]);
+    bias[c] = static_cast<float>(beta[c] - mean[c] * (gamma[c] * invstd[c]));
+  }
+  std::vector<double> part;
+  PlaneSums(s, &part, [&](int64_t b, int64_t i, VB* u, VB* v) {
+    const VB xv = LoadB(x + i);
+    const VB g = LoadB(dy + i) * A::Slope(xv * LoadB(scale.data() + b * kB) + LoadB(bias.data() + b * kB));
+    *u += g;
+    *v += g * (xv - LoadB(mean.data() + b * kB));
+  });
+  const double count = static_cast<double>(s.n * s.plane);
+  std::vector<float> k1(lanes, 0.0f), k0(lanes, 0.0f);
+  for (int64_t c = 0; c < s.c; ++c) {
+    const int64_t b = c / kB, l = c % kB;
+    double sum_g = 0.0, sum_gx = 0.0;
+    for (int64_t n = 0; n < s.n; ++n) {
+      sum_g += part[(b * s.n + n) * 2 * kB + l];
+      sum_gx += part[(b * s.n + n) * 2 * kB + kB + l];
+    }
+    dbeta[c] = static_cast<float>(sum_g);
+    dgamma[c] = static_cast<float>(sum_gx * invstd[c]);
+    k1[c] = static_cast<float>(-gamma[c] * invstd[c] * invstd[c] * invstd[c] * sum_gx / count);
+    k0[c] = static_cast<float>(-gamma[c] * invstd[c] * sum_g / count - k1[c] * static_cast<double>(mean[c]));
+  }
+  PlaneMap(s, [&](int64_t b, int64_t i) {
+    const VB xv = LoadB(x + i), sc = LoadB(scale.data() + b * kB);
+    const VB g = LoadB(dy + i) * A::Slope(xv * sc + LoadB(bias.data() + b * kB));
+    StoreB(dx + i, sc * g + LoadB(k1.data() + b * kB) * xv + LoadB(k0.data() + b * kB));
+  });
+  return 0;
+}
+
+// NCHW -> blocked (the gradient of BlockedToNCHW): x (N, C, H, W) -> y (N, ceil(C / B), H, W, B).
+int FromNCHW(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
+  if (nparam != 2 || !Float32(2, ndims, dtypes, {4, 5})) return 1;
+  const int64_t* x = shapes[0];
+  try {
+    auto& rt = runtime();
+    memory::desc plain({x[0], x[1], x[2], x[3]}, memory::data_type::f32, Tag::nchw);
+    memory::desc blocked({x[0], x[1], x[2], x[3]}, memory::data_type::f32, kBlocked);
+    memory src(plain, rt.engine, params[0]), dst(blocked, rt.engine, params[1]);
+    dnnl::reorder(src, dst).execute(rt.stream, src, dst);
+    rt.stream.wait();
+    return 0;
+  } catch (const dnnl::error& e) {
+    std::fprintf(stderr, "oneDNN reorder failed: %s\n", e.what());
+    return 1;
+  }
+}
+
+// The gradient of BlockedGlobalMean: dy (N, Cpadded) -> dx = dy / (H * W) over each plane.
+int GlobalMeanGrad(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
+  if (nparam != 3 || !Float32(3, ndims, dtypes, {5, 2, 5})) return 1;
+  const int64_t* x = shapes[0];
+  const int64_t blocks = x[0] * x[1], plane = x[2] * x[3];
+  const float* dy = static_cast<const float*>(params[1]);
+  float* dx = static_cast<float*>(params[2]);
+  const float scale = 1.0f / static_cast<float>(plane);
+  ParallelFor(blocks, blocks * plane * kB > 32768, [&](int64_t first, int64_t last) {
+    for (int64_t b = first; b < last; ++b) {
+      float v[kB];
+      for (int j = 0; j < kB; ++j) v[j] = dy[b * kB + j] * scale;
+      float* q = dx + b * plane * kB;
+      for (int64_t i = 0; i < plane; ++i) {
+        for (int j = 0; j < kB; ++j) q[i * kB + j] = v[j];
+      }
+    }
+  });
+  return 0;
+}
+
+// The gradient of BlockedHSigmoidGate: (x, g, dy) -> (dx = dy * hsigmoid(g), dg = sum(dy * x) / 6 where -3 < g < 3).
+int HSigmoidGateGrad(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
+  if (nparam != 5 || !Float32(5, ndims, dtypes, {5, 4, 5, 5, 4})) return 1;
+  const int64_t* x = shapes[0];
+  const int64_t c = shapes[1][1], blocks = x[0] * x[1], plane = x[2] * x[3];
+  if (shapes[1][0] != x[0] || c > x[1] * kB) return 1;
+  const float* in = static_cast<const float*>(params[0]);
+  const float* gate = static_cast<const float*>(params[1]);
+  const float* dy = static_cast<const float*>(params[2]);
+  float* dx = static_cast<float*>(params[3]);
+  float* dg = static_cast<float*>(params[4]);
+  ParallelFor(blocks, blocks * plane * kB > 32768, [&](int64_t first, int64_t last) {
+    for (int64_t b = first; b < last; ++b) {
+      const int64_t n = b / x[1], c0 = (b % x[1]) * kB;
+      float scale[kB];
+      double sum[kB] = {};
+      for (int j = 0; j < kB; ++j) {
+        scale[j] = c0 + j < c ? std::min(std::max(gate[n * c + c0 + j] + 3.0f, 0.0f), 6.0f) / 6.0f : 0.f;
+      }
+      const float* p = in + b * plane * kB;
+      const float* d = dy + b * plane * kB;
+      float* q = dx + b * plane * kB;
+      constexpr int64_t kRow = 64;
+      for (int64_t i0 = 0; i0 < plane; i0 += kRow) {
+        float acc[kB] = {};
+        for (int64_t i = i0; i < std::min(plane, i0 + kRow); ++i) {
+          for (int j = 0; j < kB; ++j) {
+            acc[j] += d[i * kB + j] * p[i * kB + j];
+            q[i * kB + j] = d[i * kB + j] * scale[j];
+          }
+        }
+        for (int j = 0; j < kB; ++j) sum[j] += acc[j];
+      }
+      for (int j = 0; j < kB && c0 + j < c; ++j) {
+        const float z = gate[n * c + c0 + j];
+        dg[n * c + c0 + j] = z > -3.0f && z < 3.0f ? static_cast<float>(sum[j] / 6.0) : 0.0f;
+      }
+    }
+  });
+  return 0;
+}
+
+}  // namespace
+
+extern "C" int BlockSize() { return BLOCK; }
+
+// oneDNN's version (major * 10000 + minor * 100 + patch), to check the library we link at load.
+extern "C" int OneDNNVersion() {
+  const dnnl_version_t* v = dnnl_version();
+  return v->major * 10000 + v->minor * 100 + v->patch;
+}
+
+#define BLOCKED_CONVS(ACT, A)                                                   \
+  AOT_EXPORT(BlockedStem##ACT##S1, Stem<A, 1, false>)                           \
+  AOT_EXPORT(BlockedStem##ACT##S2, Stem<A, 2, false>)                           \
+  AOT_EXPORT(BlockedStem##ACT##SameS2, Stem<A, 2, true>)                        \
+  AOT_EXPORT(BlockedDepthwise##ACT##S1, Depthwise<A, 1, false>)                 \
+  AOT_EXPORT(BlockedDepthwise##ACT##S2, Depthwise<A, 2, false>)                 \
+  AOT_EXPORT(BlockedDepthwise##ACT##SameS2, Depthwise<A, 2, true>)              \
+  AOT_EXPORT(BlockedPointwise##ACT, Pointwise<A, false>)
+
+BLOCKED_CONVS(Identity, kIdentity)
+BLOCKED_CONVS(ReLU, kReLU)
+BLOCKED_CONVS(ReLU6, kReLU6)
+BLOCKED_CONVS(HSwish, kHSwish)
+AOT_EXPORT(BlockedPointwiseResidual, Pointwise<kIdentity, true>)
+
+#define BLOCKED_TRAIN(KIND, K, STRIDE, S, SAME)                                             \
+  AOT_EXPORT(Blocked##KIND##Train##STRIDE, Train<K, kForward, S, SAME>)                     \
+  AOT_EXPORT(Blocked##KIND##InputGrad##STRIDE, Train<K, kBackwardData, S, SAME>)            \
+  AOT_EXPORT(Blocked##KIND##WeightGrad##STRIDE, Train<K, kBackwardWeights, S, SAME>)
+
+BLOCKED_TRAIN(Stem, kStem, S1, 1, false)
+BLOCKED_TRAIN(Stem, kStem, S2, 2, false)
+BLOCKED_TRAIN(Stem, kStem, SameS2, 2, true)
+BLOCKED_TRAIN(Depthwise, kDepthwise, S1, 1, false)
+BLOCKED_TRAIN(Depthwise, kDepthwise, S2, 2, false)
+BLOCKED_TRAIN(Depthwise, kDepthwise, SameS2, 2, true)
+BLOCKED_TRAIN(Pointwise, kPointwise, , 1, false)
+
+AOT_EXPORT(BlockedBNTrainIdentity, BNForward<Identity>)
+AOT_EXPORT(BlockedBNTrainReLU, BNForward<ReLU>)
+AOT_EXPORT(BlockedBNTrainReLU6, BNForward<ReLU6>)
+AOT_EXPORT(BlockedBNTrainHSwish, BNForward<HSwish>)
+AOT_EXPORT(BlockedBNTrainGradIdentity, BNBackward<Identity>)
+AOT_EXPORT(BlockedBNTrainGradReLU, BNBackward<ReLU>)
+AOT_EXPORT(BlockedBNTrainGradReLU6, BNBackward<ReLU6>)
+AOT_EXPORT(BlockedBNTrainGradHSwish, BNBackward<HSwish>)
+AOT_EXPORT(BlockedFromNCHW, FromNCHW)
+AOT_EXPORT(BlockedGlobalMeanGrad, GlobalMeanGrad)
+AOT_EXPORT(BlockedHSigmoidGateGrad, HSigmoidGateGrad)
+AOT_EXPORT(BlockedToNCHW, ToNCHW)
+AOT_EXPORT(BlockedGlobalMean, GlobalMean)
+AOT_EXPORT(BlockedHSigmoidGate, HSigmoidGate)

@@ -1,0 +1,88 @@
+"""Inference on the blocked layout (src/kernels/blocked.py, blocked_kernel.cc on MindSpore's own oneDNN): the
+lowered networks' features in eval mode compute the standard operators' logits, keep the padding channels zero, and
+fall back to NCHW with one warning where oneDNN cannot be used."""
+import logging
+from ctypes import CDLL
+
+import mindspore as ms
+import mindspore.nn as nn
+import numpy as np
+import pytest
+
+from src.kernels import library
+from src.kernels.blocked import BlockedFeatures
+from src.kernels.lowering import lower_for_cpu
+from src.models import create_model
+from tests.test_lowering import assert_lowered_network_matches_standard_network, random_input, twins
+
+pytestmark = pytest.mark.skipif(library.blocked_library() is None, reason="blocked-layout kernels unavailable")
+
+
+def test_the_kernels_run_on_mindsporess_own_onednn_version_3():
+    """MindSpore 2.10 ships oneDNN 3.10.1 (mindspore/lib/libdnnl.so.3), the one the kernels are linked to."""
+    version = CDLL(library.blocked_library()).OneDNNVersion()
+    assert version // 10000 == 3, version
+    assert CDLL(library.blocked_library()).BlockSize() == library.blocked_block() == (
+        16 if library.cpu_has_avx512() else 8)
+
+
+# Every padding the kernels know (symmetric, TensorFlow's "same" at stride 2 in the stem and the depthwise layers, in
+# the depthwise layers only), every activation (ReLU6, ReLU, h-swish, linear + shortcut), 3x3 and 5x5 depthwise,
+# channel counts that are not multiples of the block (24, 40, 72, 88, 120, ...), squeeze-excite.
+CASES = [("mobilenet_v1", 0.25, {}), ("mobilenet_v1", 0.5, {"padding": "same", "activation": "relu"}),
+         ("mobilenet_v3_small", 1.0, {}), ("mobilenet_v3_small", 0.75, {"padding": "same_depthwise"}),
+         ("mobilenet_v3_large", 1.0, {"padding": "same"})]
+
+
+@pytest.mark.parametrize("mode", [ms.GRAPH_MODE], indirect=True)
+@pytest.mark.parametrize("name,width,options", CASES, ids=[f"{n}-{w}-{'-'.join(o.values())}" for n, w, o in CASES])
+def test_blocked_features_compute_the_standard_operators_logits_and_gradients(mode, name, width, options):
+    """Inference logits before and after two training steps, every parameter's gradient and the losses, against the
+    standard network (test_lowering's checks, here on the blocked layout)."""
+    ms.set_seed(1)
+    net = lower_for_cpu(create_model(name, class_num=10, width_mult=width, **options))
+    assert type(net.features) is BlockedFeatures
+    assert_lowered_network_matches_standard_network(name, width_mult=width, **options)
+
+
+@pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE], indirect=True)
+def test_padding_channels_stay_zero_through_every_layer(mode):
+    """MobileNetV3-small's 24, 40, 48, 72, 88 and 120 channels do not fill their last block: after each blocked
+    cell the padding is exactly zero (the next 1x1 convolution sums over it), and the region's output is the
+    standard features'."""
+    ms.set_seed(1)
+    fast, standard = twins(lambda: create_model("mobilenet_v3_small", class_num=10))
+    lower_for_cpu(fast)
+    fast.set_train(False)
+    standard.set_train(False)
+    x = random_input(2, 3, 64, 64) * 3
+    block, padded = library.blocked_block(), 0
+    for cell in fast.features.blocked.cell_list:
+        x = cell(x)
+        y = x.asnumpy()
+        assert y.ndim == 5 and y.shape[4] == block
+        channels = cell.out_channels
+        flat = y.transpose(0, 1, 4, 2, 3).reshape(y.shape[0], -1, y.shape[2], y.shape[3])
+        assert np.all(flat[:, channels:] == 0) and np.any(flat[:, :channels] != 0)
+        padded += channels % block != 0
+    assert padded >= 10
+    got = fast.features(random_input(2, 3, 64, 64) * 3).asnumpy()
+    want = standard.features(random_input(2, 3, 64, 64) * 3).asnumpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE], indirect=True)
+def test_without_onednn_inference_keeps_nchw_with_one_warning(mode, monkeypatch, caplog):
+    monkeypatch.setattr(library, "onednn_paths", lambda: None)
+    monkeypatch.setattr(library, "_library", {"path": library.kernel_library()})
+    net, standard = twins(lambda: create_model("mobilenet_v1", 10, 0.25))
+    with caplog.at_level(logging.WARNING, logger=library.__name__):
+        lower_for_cpu(net)
+        lower_for_cpu(create_model("mobilenet_v1", 10, 0.25))
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 1 and "blocked-layout CPU kernels unavailable, inference keeps NCHW" in messages[0]
+    assert type(net.features) is nn.SequentialCell
+    net.set_train(False)
+    standard.set_train(False)
+    x = random_input(2, 3, 32, 32)
+    np.testing.assert_allclose(net(x).asnumpy(), standard(x).asnumpy(), rtol=0, atol=1e-5)
