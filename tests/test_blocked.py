@@ -26,12 +26,12 @@ def test_the_kernels_run_on_mindsporess_own_onednn_version_3():
         16 if library.cpu_has_avx512() else 8)
 
 
-# Every padding the kernels know (symmetric, TensorFlow's "same" at stride 2 in the stem and the depthwise layers, in
-# the depthwise layers only), every activation (ReLU6, ReLU, h-swish, linear + shortcut), 3x3 and 5x5 depthwise,
-# channel counts that are not multiples of the block (24, 40, 72, 88, 120, ...), squeeze-excite.
+# Every padding the kernels know (symmetric; TensorFlow's "same" at stride 2 in the stem and the depthwise layers),
+# every activation (ReLU6, ReLU, h-swish, linear + shortcut), 3x3 and 5x5 depthwise (the 5x5 weight gradient is ours),
+# channel counts that are not multiples of the block (8 in V1-0.25; 24, 40, 48, 72, 88, 120 in V3-small),
+# squeeze-excite.  (MobileNetV3-large: tests/test_lowering.py's fixture networks.)
 CASES = [("mobilenet_v1", 0.25, {}), ("mobilenet_v1", 0.5, {"padding": "same", "activation": "relu"}),
-         ("mobilenet_v3_small", 1.0, {}), ("mobilenet_v3_small", 0.75, {"padding": "same_depthwise"}),
-         ("mobilenet_v3_large", 1.0, {"padding": "same"})]
+         ("mobilenet_v3_small", 1.0, {})]
 
 
 @pytest.mark.parametrize("mode", [ms.GRAPH_MODE], indirect=True)
