@@ -465,8 +465,20 @@ def test_a_rank_whose_launcher_died_before_it_asked_ends():
     """The parent-death signal only covers a parent that dies after the request: `stop_with_launcher` checks that the
     parent is still the process that started it (`src.LAUNCHER_PID`, recorded when `src` is imported) and, if not,
     ends the rank as the signal would have (SIGTERM)."""
-    proc = subprocess.run([sys.executable, "-c", ORPHAN_CHECK], cwd=ROOT_DIR, capture_output=True, text=True,
-                          timeout=120)
+    try:
+        proc = subprocess.run([sys.executable, "-c", ORPHAN_CHECK], cwd=ROOT_DIR, capture_output=True, text=True,
+                              timeout=120)
+    except subprocess.TimeoutExpired:  # what the processes were doing (seen only inside the whole suite so far)
+        listing = subprocess.run(["ps", "-eo", "pid,ppid,stat,wchan:32,etime,args"], capture_output=True, text=True)
+        details = [line for line in listing.stdout.splitlines() if "stop_with_launcher" in line or "PR_SET" in line]
+        for line in details:
+            pid = line.split()[0]
+            try:
+                with open(f"/proc/{pid}/status", encoding="utf-8") as src:
+                    details += [f"  {pid} {row}" for row in src.read().splitlines() if row.startswith(("Sig", "State"))]
+            except OSError:
+                pass
+        raise AssertionError("orphan check timed out:\n" + "\n".join(details)) from None
     assert proc.stdout.strip().splitlines()[-1] == f"B signal {int(signal.SIGTERM)}", proc.stdout + proc.stderr[-2000:]
 
 
