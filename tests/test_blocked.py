@@ -72,7 +72,7 @@ def test_padding_channels_stay_zero_through_every_layer(mode):
 
 
 @pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE], indirect=True)
-def test_without_onednn_inference_keeps_nchw_with_one_warning(mode, monkeypatch, caplog):
+def test_without_onednn_the_network_keeps_nchw_with_one_warning(mode, monkeypatch, caplog):
     monkeypatch.setattr(library, "onednn_paths", lambda: None)
     monkeypatch.setattr(library, "_library", {"path": library.kernel_library()})
     net, standard = twins(lambda: create_model("mobilenet_v1", 10, 0.25))
@@ -80,7 +80,7 @@ def test_without_onednn_inference_keeps_nchw_with_one_warning(mode, monkeypatch,
         lower_for_cpu(net)
         lower_for_cpu(create_model("mobilenet_v1", 10, 0.25))
     messages = [record.getMessage() for record in caplog.records]
-    assert len(messages) == 1 and "blocked-layout CPU kernels unavailable, inference keeps NCHW" in messages[0]
+    assert len(messages) == 1 and "blocked-layout CPU kernels unavailable, the network keeps NCHW" in messages[0]
     assert type(net.features) is nn.SequentialCell
     net.set_train(False)
     standard.set_train(False)

@@ -27,19 +27,21 @@ def fold_batchnorm_op():
     return aot("FoldBatchNorm", weight_and_bias, _fold_bprop, out_dtype=weight_and_bias)
 
 
-def batchnorm_train_op(activation):
+def batchnorm_train_op(activation, prefix: str = "", library=None):
     """Custom op (y, mean, var) = BatchNorm + `activation` in training mode on NCHW x, called as
     op(x, gamma, beta, eps) with eps a 1-element tensor: y = act(gamma * (x - mean) / sqrt(var + eps) + beta),
-    mean and (biased) var over N, H, W.  Its gradient op recomputes the pre-activation from x."""
+    mean and (biased) var over N, H, W.  Its gradient op recomputes the pre-activation from x.  With `prefix`
+    "Blocked" and the blocked library (`library`), the same on the blocked layout (blocked.py)."""
     name = ACTIVATION_SYMBOLS[activation]
 
     def like_x_and_two_gammas(x, gamma, *_):  # y or dx, then two per-channel vectors
         return x, gamma, gamma
 
-    grad = aot(f"BNTrainGrad{name}", like_x_and_two_gammas, out_dtype=like_x_and_two_gammas)
+    grad = aot(f"{prefix}BNTrainGrad{name}", like_x_and_two_gammas, out_dtype=like_x_and_two_gammas, library=library)
 
     def bprop(x, gamma, beta, eps, out, dout):
         dx, dgamma, dbeta = grad(x, gamma, beta, eps, out[1], out[2], dout[0])
         return dx, dgamma, dbeta, ops.zeros_like(eps)
 
-    return aot(f"BNTrain{name}", like_x_and_two_gammas, bprop, out_dtype=like_x_and_two_gammas)
+    return aot(f"{prefix}BNTrain{name}", like_x_and_two_gammas, bprop, out_dtype=like_x_and_two_gammas,
+               library=library)

@@ -10,11 +10,11 @@ import mindspore.nn as nn
 import mindspore.ops as ops
 from mindspore import Tensor
 
-from src.kernels.batchnorm import fold_batchnorm_op
+from src.kernels.batchnorm import batchnorm_train_op, fold_batchnorm_op
 from src.kernels.bias_act import ACTIVATION_SYMBOLS
 from src.kernels.depthwise import conv_output_shape, padding_symbol
 from src.kernels.fused import (DepthwiseConvBNAct, DepthwisePointwise, FusedCell, PointwiseConvBNAct, ShortcutBlock,
-                               SqueezeExcite, StemConvBNAct)
+                               SqueezeExcite, StemConvBNAct, update_moving_statistics)
 from src.kernels.library import aot, blocked_block, blocked_library
 from src.models import mobilenet_v3
 
@@ -50,24 +50,6 @@ def _conv_train_op(kind: str, suffix: str, out_shape):
     return _op(f"Blocked{kind}Train{suffix}", out_shape, bprop)
 
 
-def _batchnorm_train_op(activation):
-    """Custom op (y, mean, var) = BatchNorm on batch statistics + `activation` of blocked x, op(x, gamma, beta, eps),
-    with its gradient op (which recomputes the pre-activation from x) as bprop: batchnorm.batchnorm_train_op's
-    mathematics on the blocked layout."""
-    name = ACTIVATION_SYMBOLS[activation]
-
-    def like_x_and_two_gammas(x, gamma, *_):
-        return x, gamma, gamma
-
-    grad = _op(f"BlockedBNTrainGrad{name}", like_x_and_two_gammas, out_dtype=like_x_and_two_gammas)
-
-    def bprop(x, gamma, beta, eps, out, dout):
-        dx, dgamma, dbeta = grad(x, gamma, beta, eps, out[1], out[2], dout[0])
-        return dx, dgamma, dbeta, ops.zeros_like(eps)
-
-    return _op(f"BlockedBNTrain{name}", like_x_and_two_gammas, bprop, out_dtype=like_x_and_two_gammas)
-
-
 class BlockedConvBNAct(FusedCell):
     """A lowered conv -> BatchNorm -> activation on blocked tensors (the stem's input is NCHW), plus the shortcut
     with `construct(x, residual)` after a linear 1x1.  Training: oneDNN's convolution, then our BatchNorm on batch
@@ -88,7 +70,7 @@ class BlockedConvBNAct(FusedCell):
             return [x[0], _blocks(w[0]), *conv_output_shape(x, w, stride)[2:], block]
 
         self.op_residual = None
-        self.bn_act = _batchnorm_train_op(cell.activation)
+        self.bn_act = batchnorm_train_op(cell.activation, "Blocked", blocked_library())
         if isinstance(cell, PointwiseConvBNAct):
             self.op = _op(f"BlockedPointwise{act}", out_shape)
             self.conv_train = _conv_train_op("Pointwise", "", out_shape)
@@ -105,10 +87,7 @@ class BlockedConvBNAct(FusedCell):
         if self.training:
             y = self.conv_train(x, self.conv.weight)
             z, mean, var = self.bn_act(y, bn.gamma, bn.beta, self.eps)
-            count = y.shape[0] * y.shape[2] * y.shape[3]
-            unbiased = var * (count / max(count - 1, 1))
-            ops.assign(bn.moving_mean, bn.moving_mean * (1.0 - bn.momentum) + mean * bn.momentum)
-            ops.assign(bn.moving_variance, bn.moving_variance * (1.0 - bn.momentum) + unbiased * bn.momentum)
+            update_moving_statistics(bn, mean, var, y.shape[0] * y.shape[2] * y.shape[3])
             return z if residual is None else z + residual
         weight, bias = self.fold(self.conv.weight, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance, self.eps)
         if residual is None:

@@ -252,14 +252,13 @@ int Pointwise(int nparam, void** params, int* ndims, int64_t** shapes, const cha
   return RunConv(g, params);
 }
 
-int ToNCHW(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
-  if (nparam != 2 || !Float32(2, ndims, dtypes, {5, 4})) return 1;
-  const int64_t* y = shapes[1];
+// Copies params[0] to params[1] between the blocked and the NCHW layout of a logical (N, C, H, W) tensor.
+int Reorder(const int64_t* dims, bool to_nchw, void** params) {
   try {
     auto& rt = runtime();
-    memory::desc blocked({y[0], y[1], y[2], y[3]}, memory::data_type::f32, kBlocked);
-    memory::desc plain({y[0], y[1], y[2], y[3]}, memory::data_type::f32, Tag::nchw);
-    memory src(blocked, rt.engine, params[0]), dst(plain, rt.engine, params[1]);
+    memory::desc blocked({dims[0], dims[1], dims[2], dims[3]}, memory::data_type::f32, kBlocked);
+    memory::desc plain({dims[0], dims[1], dims[2], dims[3]}, memory::data_type::f32, Tag::nchw);
+    memory src(to_nchw ? blocked : plain, rt.engine, params[0]), dst(to_nchw ? plain : blocked, rt.engine, params[1]);
     dnnl::reorder(src, dst).execute(rt.stream, src, dst);
     rt.stream.wait();
     return 0;
@@ -267,6 +266,11 @@ int ToNCHW(int nparam, void** params, int* ndims, int64_t** shapes, const char**
     std::fprintf(stderr, "oneDNN reorder failed: %s\n", e.what());
     return 1;
   }
+}
+
+int ToNCHW(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
+  if (nparam != 2 || !Float32(2, ndims, dtypes, {5, 4})) return 1;
+  return Reorder(shapes[1], true, params);
 }
 
 // (N, Cb, H, W, B) -> (N, Cb * B): the mean of each channel over H and W.
@@ -548,19 +552,7 @@ int BNBackward(int nparam, void** params, int* ndims, int64_t** shapes, const ch
 // NCHW -> blocked (the gradient of BlockedToNCHW): x (N, C, H, W) -> y (N, ceil(C / B), H, W, B).
 int FromNCHW(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
   if (nparam != 2 || !Float32(2, ndims, dtypes, {4, 5})) return 1;
-  const int64_t* x = shapes[0];
-  try {
-    auto& rt = runtime();
-    memory::desc plain({x[0], x[1], x[2], x[3]}, memory::data_type::f32, Tag::nchw);
-    memory::desc blocked({x[0], x[1], x[2], x[3]}, memory::data_type::f32, kBlocked);
-    memory src(plain, rt.engine, params[0]), dst(blocked, rt.engine, params[1]);
-    dnnl::reorder(src, dst).execute(rt.stream, src, dst);
-    rt.stream.wait();
-    return 0;
-  } catch (const dnnl::error& e) {
-    std::fprintf(stderr, "oneDNN reorder failed: %s\n", e.what());
-    return 1;
-  }
+  return Reorder(shapes[0], false, params);
 }
 
 // The gradient of BlockedGlobalMean: dy (N, Cpadded) -> dx = dy / (H * W) over each plane.

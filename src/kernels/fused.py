@@ -15,6 +15,14 @@ from src.kernels.pointwise import depthwise_pointwise_op, pointwise_bias_act_op,
 from src.kernels.squeeze_excite import global_mean_op, hsigmoid_gate_op
 
 
+def update_moving_statistics(bn, mean, var, count):
+    """Update `bn`'s moving mean and variance from a batch's mean and biased variance over `count` values, as
+    MindSpore's BatchNorm does in training (the unbiased variance)."""
+    unbiased = var * (count / max(count - 1, 1))
+    ops.assign(bn.moving_mean, bn.moving_mean * (1.0 - bn.momentum) + mean * bn.momentum)
+    ops.assign(bn.moving_variance, bn.moving_variance * (1.0 - bn.momentum) + unbiased * bn.momentum)
+
+
 class FusedCell(nn.Cell):
     """A cell that holds cells of a built network: their parameters keep the names they have there (no prefix is
     added when they are set as attributes here)."""
@@ -70,10 +78,7 @@ class ConvBNAct(FusedCell):
         if self.training and bn.use_batch_statistics is None:
             x = self.convolve(x, self.conv.weight)
             y, mean, var = self.bn_act(x, bn.gamma, bn.beta, self.eps)
-            count = x.shape[0] * x.shape[2] * x.shape[3]
-            unbiased = var * (count / max(count - 1, 1))
-            ops.assign(bn.moving_mean, bn.moving_mean * (1.0 - bn.momentum) + mean * bn.momentum)
-            ops.assign(bn.moving_variance, bn.moving_variance * (1.0 - bn.momentum) + unbiased * bn.momentum)
+            update_moving_statistics(bn, mean, var, x.shape[0] * x.shape[2] * x.shape[3])
             return y
         if self.training:
             x = bn(self.convolve(x, self.conv.weight))

@@ -66,6 +66,12 @@ def _build(name, sources, headers, flags, libraries=()) -> str:
     return str(target)
 
 
+def _reason(error) -> str:
+    """The line of a failed build (or load) that says why: the compiler's first error line, else its last line."""
+    lines = str(getattr(error, "stderr", None) or error).strip().splitlines() or [""]
+    return next((line for line in lines if "error" in line), lines[-1])
+
+
 def kernel_library():
     """Path of the compiled kernel library (built once per source and flags, safe to build from several
     processes at once: each writes a temporary file and renames it), or None with one warning if it fails."""
@@ -73,10 +79,8 @@ def kernel_library():
         try:
             _library["path"] = _build("kernels", SOURCES, HEADERS, compiler_flags())
         except (OSError, subprocess.CalledProcessError) as error:
-            lines = str(getattr(error, "stderr", None) or error).strip().splitlines() or [""]
-            reason = next((line for line in lines if "error" in line), lines[-1])
             logging.getLogger(__name__).warning("C++ CPU kernels unavailable, using the built-in operators: %s",
-                                                reason)
+                                                _reason(error))
             _library["path"] = None
     return _library["path"]
 
@@ -124,10 +128,9 @@ def blocked_library():
                 else:
                     reason = f"oneDNN {version} in MindSpore, the kernels need version 3"
             except (OSError, subprocess.CalledProcessError) as error:
-                lines = str(getattr(error, "stderr", None) or error).strip().splitlines() or [""]
-                reason = next((line for line in lines if "error" in line), lines[-1])
+                reason = _reason(error)
         if _library["blocked"] is None:
-            logging.getLogger(__name__).warning("blocked-layout CPU kernels unavailable, inference keeps NCHW: %s",
+            logging.getLogger(__name__).warning("blocked-layout CPU kernels unavailable, the network keeps NCHW: %s",
                                                 reason)
     return _library["blocked"]
 
