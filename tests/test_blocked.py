@@ -48,27 +48,29 @@ def test_blocked_features_compute_the_standard_operators_logits_and_gradients(mo
 @pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE], indirect=True)
 def test_padding_channels_stay_zero_through_every_layer(mode):
     """MobileNetV3-small's 24, 40, 48, 72, 88 and 120 channels do not fill their last block: after each blocked
-    cell the padding is exactly zero (the next 1x1 convolution sums over it), and the region's output is the
-    standard features'."""
+    cell the padding is exactly zero, in training and in inference (the next 1x1 convolution sums over it), and the
+    region's output is the standard features'."""
     ms.set_seed(1)
     fast, standard = twins(lambda: create_model("mobilenet_v3_small", class_num=10))
     lower_for_cpu(fast)
     fast.set_train(False)
     standard.set_train(False)
-    x = random_input(2, 3, 64, 64) * 3
-    block, padded = library.blocked_block(), 0
-    for cell in fast.features.blocked.cell_list:
-        x = cell(x)
-        y = x.asnumpy()
-        assert y.ndim == 5 and y.shape[4] == block
-        channels = cell.out_channels
-        flat = y.transpose(0, 1, 4, 2, 3).reshape(y.shape[0], -1, y.shape[2], y.shape[3])
-        assert np.all(flat[:, channels:] == 0) and np.any(flat[:, :channels] != 0)
-        padded += channels % block != 0
-    assert padded >= 10
     got = fast.features(random_input(2, 3, 64, 64) * 3).asnumpy()
     want = standard.features(random_input(2, 3, 64, 64) * 3).asnumpy()
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    block = library.blocked_block()
+    for training in (True, False):  # batch statistics (our BatchNorm op), then folded (oneDNN's post-ops)
+        fast.set_train(training)
+        x, padded = random_input(2, 3, 64, 64) * 3, 0
+        for cell in fast.features.blocked.cell_list:
+            x = cell(x)
+            y = x.asnumpy()
+            assert y.ndim == 5 and y.shape[4] == block
+            channels = cell.out_channels
+            flat = y.transpose(0, 1, 4, 2, 3).reshape(y.shape[0], -1, y.shape[2], y.shape[3])
+            assert np.all(flat[:, channels:] == 0) and np.any(flat[:, :channels] != 0)
+            padded += channels % block != 0
+        assert padded >= 10
 
 
 @pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE], indirect=True)
