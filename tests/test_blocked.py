@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from src.kernels import library
-from src.kernels.blocked import BlockedFeatures
+from src.kernels.blocked import BlockedFeatures, BlockedPointwiseDepthwise
 from src.kernels.lowering import lower_for_cpu
 from src.models import create_model
 from tests.test_lowering import assert_lowered_network_matches_standard_network, random_input, twins
@@ -29,19 +29,26 @@ def test_the_kernels_run_on_mindsporess_own_onednn_version_3():
 # Every padding the kernels know (symmetric; TensorFlow's "same" at stride 2 in the stem and the depthwise layers),
 # every activation (ReLU6, ReLU, h-swish, linear + shortcut), 3x3 and 5x5 depthwise (the 5x5 weight gradient is ours),
 # channel counts that are not multiples of the block (8 in V1-0.25; 24, 40, 48, 72, 88, 120 in V3-small),
-# squeeze-excite.  (MobileNetV3-large: tests/test_lowering.py's fixture networks.)
-CASES = [("mobilenet_v1", 0.25, {}), ("mobilenet_v1", 0.5, {"padding": "same", "activation": "relu"}),
-         ("mobilenet_v3_small", 1.0, {})]
+# squeeze-excite; the 1x1 + 3x3 depthwise pairs fused in inference (the last number: MobileNetV1's 12 pairs of a
+# pointwise layer and the next block's depthwise one, of which 8 at stride 1 where its stride-2 ones are padded
+# "same"; none in V3-small, whose 72 and 88 channels do not fill whole blocks.  MobileNetV3-large's 4 pairs, with
+# h-swish: tests/test_lowering.py's fixture networks.)  The logits after the training steps are computed from
+# parameters that changed since the first inference: the folded weights the inference ops keep are computed again.
+CASES = [("mobilenet_v1", 0.25, {}, 12), ("mobilenet_v1", 0.5, {"padding": "same", "activation": "relu"}, 8),
+         ("mobilenet_v3_small", 1.0, {}, 0)]
 
 
 @pytest.mark.parametrize("mode", [ms.GRAPH_MODE], indirect=True)
-@pytest.mark.parametrize("name,width,options", CASES, ids=[f"{n}-{w}-{'-'.join(o.values())}" for n, w, o in CASES])
-def test_blocked_features_compute_the_standard_operators_logits_and_gradients(mode, name, width, options):
+@pytest.mark.parametrize("name,width,options,fused", CASES,
+                         ids=[f"{n}-{w}-{'-'.join(o.values())}" for n, w, o, _ in CASES])
+def test_blocked_features_compute_the_standard_operators_logits_and_gradients(mode, name, width, options, fused):
     """Inference logits before and after two training steps, every parameter's gradient and the losses, against the
     standard network (test_lowering's checks, here on the blocked layout)."""
     ms.set_seed(1)
     net = lower_for_cpu(create_model(name, class_num=10, width_mult=width, **options))
     assert type(net.features) is BlockedFeatures
+    pairs = [cell for _, cell in net.cells_and_names() if isinstance(cell, BlockedPointwiseDepthwise)]
+    assert len(pairs) == (fused if library.blocked_block() == 16 else len(pairs))
     assert_lowered_network_matches_standard_network(name, width_mult=width, **options)
 
 

@@ -61,13 +61,8 @@ int Fold(int nparam, void** params, int* ndims, int64_t** shapes, const char** d
   const float* mean = static_cast<const float*>(params[3]);
   const float* var = static_cast<const float*>(params[4]);
   const float eps = *static_cast<const float*>(params[5]);
-  float* w_out = static_cast<float*>(params[6]);
-  float* b_out = static_cast<float*>(params[7]);
-  for (int64_t o = 0; o < out; ++o) {
-    const float s = gamma[o] / std::sqrt(var[o] + eps);
-    for (int64_t i = 0; i < inner; ++i) w_out[o * inner + i] = w[o * inner + i] * s;
-    b_out[o] = beta[o] - mean[o] * s;
-  }
+  FoldBatchNormInto(w, out, inner, gamma, beta, mean, var, eps, static_cast<float*>(params[6]),
+                    static_cast<float*>(params[7]));
   return 0;
 }
 

@@ -10,7 +10,7 @@ import mindspore.nn as nn
 import mindspore.ops as ops
 from mindspore import Tensor
 
-from src.kernels.batchnorm import batchnorm_train_op, fold_batchnorm_op
+from src.kernels.batchnorm import batchnorm_train_op
 from src.kernels.bias_act import ACTIVATION_SYMBOLS
 from src.kernels.depthwise import conv_output_shape, padding_symbol
 from src.kernels.fused import (DepthwiseConvBNAct, DepthwisePointwise, FusedCell, PointwiseConvBNAct, ShortcutBlock,
@@ -54,16 +54,20 @@ class BlockedConvBNAct(FusedCell):
     """A lowered conv -> BatchNorm -> activation on blocked tensors (the stem's input is NCHW), plus the shortcut
     with `construct(x, residual)` after a linear 1x1.  Training: oneDNN's convolution, then our BatchNorm on batch
     statistics + activation in one pass, the moving statistics updated as MindSpore's BatchNorm does (as
-    fused.ConvBNAct).  Inference: the BatchNorm folded into the convolution's weight and bias, then oneDNN's
-    convolution with the bias, the activation and the shortcut fused."""
+    fused.ConvBNAct).  Inference: one op taking the weight and the BatchNorm's parameters, which folds them into the
+    convolution's weight and bias once per version (kept in the op while the parameters stay bitwise the same), then
+    runs oneDNN's convolution with the bias, the activation and the shortcut fused."""
 
     def __init__(self, cell):
         super().__init__()
         self.conv, self.bn = cell.conv, cell.bn
-        self.fold = fold_batchnorm_op()
         self.eps = Tensor([cell.bn.eps], ms.float32)
         self.out_channels = cell.conv.out_channels
-        block, stride = blocked_block(), cell.conv.stride[0]
+        self.activation, self.stride = cell.activation, cell.conv.stride[0]
+        self.same = cell.conv.pad_mode == "same"
+        self.kind = ("Pointwise" if isinstance(cell, PointwiseConvBNAct)
+                     else "Stem" if isinstance(cell, StemConvBNAct) else "Depthwise")
+        block, stride = blocked_block(), self.stride
         act = ACTIVATION_SYMBOLS[cell.activation]
 
         def out_shape(x, w, *_):
@@ -71,16 +75,21 @@ class BlockedConvBNAct(FusedCell):
 
         self.op_residual = None
         self.bn_act = batchnorm_train_op(cell.activation, "Blocked", blocked_library())
-        if isinstance(cell, PointwiseConvBNAct):
+        if self.kind == "Pointwise":
             self.op = _op(f"BlockedPointwise{act}", out_shape)
             self.conv_train = _conv_train_op("Pointwise", "", out_shape)
             if cell.activation is None:
-                self.op_residual = _op("BlockedPointwiseResidual", lambda x, w, b, r: r)
+                self.op_residual = _op("BlockedPointwiseResidual", lambda x, w, *bn_and_r: bn_and_r[-1])
         else:
-            kind = "Stem" if isinstance(cell, StemConvBNAct) else "Depthwise"
-            suffix = padding_symbol(stride, cell.conv.pad_mode == "same")
-            self.op = _op(f"Blocked{kind}{act}{suffix}", out_shape)
-            self.conv_train = _conv_train_op(kind, suffix, out_shape)
+            suffix = padding_symbol(stride, self.same)
+            self.op = _op(f"Blocked{self.kind}{act}{suffix}", out_shape)
+            self.conv_train = _conv_train_op(self.kind, suffix, out_shape)
+
+    def inference_parameters(self):
+        """The convolution's weight and its BatchNorm as the inference ops take them (they fold them once per
+        version, blocked_kernel.cc RunInference)."""
+        bn = self.bn
+        return self.conv.weight, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance, self.eps
 
     def construct(self, x, residual=None):
         bn = self.bn
@@ -89,10 +98,42 @@ class BlockedConvBNAct(FusedCell):
             z, mean, var = self.bn_act(y, bn.gamma, bn.beta, self.eps)
             update_moving_statistics(bn, mean, var, y.shape[0] * y.shape[2] * y.shape[3])
             return z if residual is None else z + residual
-        weight, bias = self.fold(self.conv.weight, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance, self.eps)
         if residual is None:
-            return self.op(x, weight, bias)
-        return self.op_residual(x, weight, bias, residual)
+            return self.op(x, *self.inference_parameters())
+        return self.op_residual(x, *self.inference_parameters(), residual)
+
+
+class BlockedPointwiseDepthwise(FusedCell):
+    """A 1x1 conv -> BatchNorm -> act and the 3x3 depthwise conv -> BatchNorm -> act after it (the same activation,
+    padding 1): in inference one oneDNN primitive (its depthwise post-op) that never writes the 1x1's output whole;
+    in training the two cells.  Measured per layer pair of MobileNetV1 and V3 at batch 32 (DESIGN.md section 8):
+    0.6-0.95x the two primitives' time where the 1x1's outputs fill whole blocks; where they do not (72, 88, 120
+    channels at 16 lanes) oneDNN runs a generic fusion that measured up to 1.1x, so those pairs stay apart."""
+
+    def __init__(self, pointwise: BlockedConvBNAct, depthwise: BlockedConvBNAct):
+        super().__init__()
+        self.pointwise, self.depthwise = pointwise, depthwise
+        self.out_channels = depthwise.out_channels
+        block, stride = blocked_block(), depthwise.stride
+
+        def out_shape(x, w, *rest):
+            dw = rest[5]
+            return [x[0], _blocks(dw[0]), *conv_output_shape(x, dw, stride)[2:], block]
+
+        self.op = _op(f"BlockedPointwiseDepthwise{ACTIVATION_SYMBOLS[depthwise.activation]}S{stride}", out_shape)
+
+    @staticmethod
+    def fusable(pointwise, depthwise) -> bool:
+        return (isinstance(pointwise, BlockedConvBNAct) and isinstance(depthwise, BlockedConvBNAct)
+                and pointwise.kind == "Pointwise" and depthwise.kind == "Depthwise"
+                and pointwise.activation is not None and pointwise.activation == depthwise.activation
+                and depthwise.conv.kernel_size[0] == 3 and not (depthwise.same and depthwise.stride == 2)
+                and pointwise.out_channels % blocked_block() == 0)
+
+    def construct(self, x):
+        if self.training:
+            return self.depthwise(self.pointwise(x))
+        return self.op(x, *self.pointwise.inference_parameters(), *self.depthwise.inference_parameters())
 
 
 class BlockedSqueezeExcite(FusedCell):
@@ -182,12 +223,18 @@ def _blocked_cells(cell, first: bool):
 
 
 def _blocked_sequence(cells, first: bool):
+    """The blocked cells computing `cells` (each 1x1 followed by a depthwise convolution it can be fused with as one
+    BlockedPointwiseDepthwise), or None."""
     out = []
     for cell in cells:
         converted = _blocked_cells(cell, first and not out)
         if converted is None:
             return None
-        out += converted
+        for blocked in converted:
+            if out and BlockedPointwiseDepthwise.fusable(out[-1], blocked):
+                out[-1] = BlockedPointwiseDepthwise(out[-1], blocked)
+            else:
+                out.append(blocked)
     return out
 
 

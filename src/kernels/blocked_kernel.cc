@@ -4,14 +4,17 @@
 // we hand it an OpenMP thread pool); measured per layer shape against our NCHW kernels in DESIGN.md section 8
 // ("Blocked layout: who computes what"): 0.3-0.7x their time for the depthwise convolutions, 0.7-0.8x for the 1x1.
 // The squeeze-excite pieces are ours (one pass each).  One exported function per op (MindSpore AOT custom op
-// signature):
-//   BlockedStem{Act}{S1,S2,SameS2}(x NCHW, w, bias) -> y blocked          a dense k x k convolution (the stem)
-//   BlockedDepthwise{Act}{S1,S2,SameS2}(x, w (C,1,k,k), bias) -> y         depthwise k x k
-//   BlockedPointwise{Act}(x, w (O,C,1,1), bias) -> y                       1x1
-//   BlockedPointwiseResidual(x, w, bias, r) -> y = conv(x, w) + bias + r   1x1, linear, plus the shortcut
+// signature); the inference convolutions take each weight with its BatchNorm (bn = gamma, beta, mean, var, eps) and
+// fold them once per version (RunInference):
+//   BlockedStem{Act}{S1,S2,SameS2}(x NCHW, w, bn) -> y blocked            a dense k x k convolution (the stem)
+//   BlockedDepthwise{Act}{S1,S2,SameS2}(x, w (C,1,k,k), bn) -> y           depthwise k x k
+//   BlockedPointwise{Act}(x, w (O,C,1,1), bn) -> y                         1x1
+//   BlockedPointwiseResidual(x, w, bn, r) -> y = conv + bias + r           1x1, linear, plus the shortcut
+//   BlockedPointwiseDepthwise{Act}{S1,S2}(x, w, bn, dw, bn) -> y           1x1 then depthwise 3x3 in one primitive
 //   BlockedToNCHW(x) -> y NCHW                                             the layout back (C from y's shape)
 //   BlockedGlobalMean(x) -> (N, Cpadded)                                   mean over H and W
 //   BlockedHSigmoidGate(x, g (N,C,1,1)) -> x * relu6(g + 3) / 6           squeeze-excite's scaling
+// and the training ops (convolutions and their gradients, BatchNorm on batch statistics) further down.
 // Activations Act: Identity, ReLU, ReLU6, HSwish (oneDNN post-ops: relu, clip_v2 (0, 6), hardswish (1/6, 1/2)).
 // Padding: symmetric k / 2, or TensorFlow's "same" at stride 2 (half the total before, the odd one after).
 #include <omp.h>
@@ -20,6 +23,7 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <sstream>
@@ -76,19 +80,24 @@ enum Pass { kInference, kForward, kBackwardData, kBackwardWeights };
 
 // A convolution primitive with the descriptors of its source (x or dx), destination (y or dy) and weights (w or
 // dw, in the primitive's blocked format) and the reorder between those weights and the plain OIHW / GOIHW ones
-// MindSpore holds (plain -> blocked, or for the weight gradient blocked -> plain); created once per geometry.
+// MindSpore holds (plain -> blocked, or for the weight gradient blocked -> plain); created once per geometry.  With a
+// fused depthwise convolution, the same for its weights and bias (dw_...).
 struct Conv {
   dnnl::primitive prim;
-  memory::desc src, dst, bias, weights, plain_weights;
+  memory::desc src, dst, bias, weights, plain_weights, dw_bias, dw_weights, dw_plain_weights;
   bool reorder_weights;
-  dnnl::reorder weight_reorder;
+  dnnl::reorder weight_reorder, dw_weight_reorder;
 };
 
+// fused_dw: a 1x1 convolution (c -> o, + bias, act) whose output goes straight into a 3x3 depthwise convolution at
+// stride s with padding 1 (+ bias, act) by oneDNN's fused kernel (post-op append_dw, inference only): the 1x1's
+// output is never written whole (k and the sizes h, w, ho, wo are the depthwise convolution's).
 struct Geometry {
   int64_t n, c, h, w, o, k, s, ho, wo;
   bool same, depthwise, nchw_src, residual;
   Act act;
   Pass pass;
+  bool fused_dw = false;
 };
 
 int64_t PaddingBefore(const Geometry& g, int64_t size, int64_t out) {
@@ -100,7 +109,51 @@ int64_t PaddingAfter(const Geometry& g, int64_t size, int64_t out) {
   return (out - 1) * g.s + g.k - size - PaddingBefore(g, size, out);
 }
 
+void AppendActivation(dnnl::post_ops& ops, Act act) {
+  if (act == kReLU) ops.append_eltwise(algorithm::eltwise_relu, 0.f, 0.f);
+  if (act == kReLU6) ops.append_eltwise(algorithm::eltwise_clip_v2, 0.f, 6.f);
+  if (act == kHSwish) ops.append_eltwise(algorithm::eltwise_hardswish, 1.f / 6.f, 0.5f);
+}
+
+dnnl::reorder MakeReorder(const memory::desc& from, const memory::desc& to) {
+  const auto& eng = runtime().engine;
+  return dnnl::reorder(dnnl::reorder::primitive_desc(eng, from, eng, to));
+}
+
+// The 1x1 convolution with the 3x3 depthwise one fused (Geometry::fused_dw).
+std::shared_ptr<Conv> MakeFusedConv(const Geometry& g) {
+  const auto& eng = runtime().engine;
+  memory::desc src({g.n, g.c, g.h, g.w}, memory::data_type::f32, kBlocked);
+  memory::desc middle({g.n, g.o, g.h, g.w}, memory::data_type::f32, kBlocked);
+  memory::desc weights({g.o, g.c, 1, 1}, memory::data_type::f32, Tag::any);
+  memory::desc bias({g.o}, memory::data_type::f32, Tag::x);
+  dnnl::post_ops ops;
+  AppendActivation(ops, g.act);
+  ops.append_dw(memory::data_type::f32, memory::data_type::f32, memory::data_type::f32, 3, g.s, 1);
+  AppendActivation(ops, g.act);
+  dnnl::primitive_attr attr;
+  attr.set_post_ops(ops);
+  dnnl::convolution_forward::primitive_desc pd(eng, dnnl::prop_kind::forward_inference,
+                                               algorithm::convolution_direct, src, weights, bias, middle, {1, 1},
+                                               {0, 0}, {0, 0}, attr);
+  auto conv = std::make_shared<Conv>();
+  conv->prim = dnnl::convolution_forward(pd);
+  conv->src = pd.src_desc(), conv->dst = pd.dst_desc(), conv->weights = pd.weights_desc(), conv->bias = bias;
+  if (conv->dst != memory::desc({g.n, g.o, g.ho, g.wo}, memory::data_type::f32, kBlocked)) {
+    throw dnnl::error(dnnl_invalid_arguments, "the fused depthwise convolution's output is not the expected one");
+  }
+  conv->plain_weights = memory::desc({g.o, g.c, 1, 1}, memory::data_type::f32, Tag::oihw);
+  conv->dw_plain_weights = memory::desc({g.o, 1, 1, 3, 3}, memory::data_type::f32, Tag::goihw);
+  conv->dw_weights = pd.query_md(dnnl::query::exec_arg_md, DNNL_ARG_ATTR_POST_OP_DW | DNNL_ARG_WEIGHTS);
+  conv->dw_bias = pd.query_md(dnnl::query::exec_arg_md, DNNL_ARG_ATTR_POST_OP_DW | DNNL_ARG_BIAS);
+  conv->reorder_weights = true;
+  conv->weight_reorder = MakeReorder(conv->plain_weights, conv->weights);
+  conv->dw_weight_reorder = MakeReorder(conv->dw_plain_weights, conv->dw_weights);
+  return conv;
+}
+
 std::shared_ptr<Conv> MakeConv(const Geometry& g) {
+  if (g.fused_dw) return MakeFusedConv(g);
   const auto& eng = runtime().engine;
   memory::desc src({g.n, g.c, g.h, g.w}, memory::data_type::f32, g.nchw_src ? Tag::nchw : kBlocked);
   memory::desc dst({g.n, g.o, g.ho, g.wo}, memory::data_type::f32, kBlocked);
@@ -109,9 +162,7 @@ std::shared_ptr<Conv> MakeConv(const Geometry& g) {
   memory::desc plain(wdims, memory::data_type::f32, g.depthwise ? Tag::goihw : Tag::oihw);
   memory::desc bias({g.o}, memory::data_type::f32, Tag::x);
   dnnl::post_ops ops;
-  if (g.act == kReLU) ops.append_eltwise(algorithm::eltwise_relu, 0.f, 0.f);
-  if (g.act == kReLU6) ops.append_eltwise(algorithm::eltwise_clip_v2, 0.f, 6.f);
-  if (g.act == kHSwish) ops.append_eltwise(algorithm::eltwise_hardswish, 1.f / 6.f, 0.5f);
+  AppendActivation(ops, g.act);
   if (g.residual) ops.append_binary(algorithm::binary_add, dst);
   dnnl::primitive_attr attr;
   attr.set_post_ops(ops);
@@ -147,9 +198,8 @@ std::shared_ptr<Conv> MakeConv(const Geometry& g) {
   }
   conv->reorder_weights = conv->weights != plain;
   if (conv->reorder_weights) {
-    conv->weight_reorder = g.pass == kBackwardWeights
-                               ? dnnl::reorder(dnnl::reorder::primitive_desc(eng, conv->weights, eng, plain))
-                               : dnnl::reorder(dnnl::reorder::primitive_desc(eng, plain, eng, conv->weights));
+    conv->weight_reorder = g.pass == kBackwardWeights ? MakeReorder(conv->weights, plain)
+                                                      : MakeReorder(plain, conv->weights);
   }
   return conv;
 }
@@ -159,25 +209,22 @@ std::shared_ptr<Conv> GetConv(const Geometry& g) {
   static std::unordered_map<std::string, std::shared_ptr<Conv>> cache;
   std::ostringstream key;
   key << g.n << ',' << g.c << ',' << g.h << ',' << g.w << ',' << g.o << ',' << g.k << ',' << g.s << ',' << g.ho
-      << ',' << g.wo << ',' << g.same << g.depthwise << g.nchw_src << g.residual << g.act << g.pass;
+      << ',' << g.wo << ',' << g.same << g.depthwise << g.nchw_src << g.residual << g.act << g.pass << g.fused_dw;
   std::lock_guard<std::mutex> lock(mutex);
   auto& entry = cache[key.str()];
   if (!entry) entry = MakeConv(g);
   return entry;
 }
 
-// kInference: y = act(conv(x, w) + bias) (+ r), params x, w, bias, [r], y.  kForward: y = conv(x, w), params x,
-// w, y.  kBackwardData: dx, params x (its shape only), w, dy, dx.  kBackwardWeights: dw, params x, w (its shape
-// only), dy, dw.
+// kForward: y = conv(x, w), params x, w, y.  kBackwardData: dx, params x (its shape only), w, dy, dx.
+// kBackwardWeights: dw, params x, w (its shape only), dy, dw.
 int RunConv(const Geometry& g, void** params) {
   try {
     auto conv = GetConv(g);
     auto& rt = runtime();
-    const bool inference = g.pass == kInference, forward = inference || g.pass == kForward;
-    void* dst_data = inference ? params[g.residual ? 4 : 3] : params[2];
     void* src_data = g.pass == kBackwardData ? params[3] : params[0];
     void* weight_data = g.pass == kBackwardWeights ? params[3] : params[1];
-    memory src(conv->src, rt.engine, src_data), dst(conv->dst, rt.engine, dst_data);
+    memory src(conv->src, rt.engine, src_data), dst(conv->dst, rt.engine, params[2]);
     memory plain(conv->plain_weights, rt.engine, weight_data);
     std::vector<float> buffer;
     memory weights = plain;
@@ -187,20 +234,134 @@ int RunConv(const Geometry& g, void** params) {
       if (g.pass != kBackwardWeights) conv->weight_reorder.execute(rt.stream, plain, weights);
     }
     std::unordered_map<int, memory> args;
-    if (forward) {
+    if (g.pass == kForward) {
       args = {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dst}};
     } else if (g.pass == kBackwardData) {
       args = {{DNNL_ARG_DIFF_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DIFF_DST, dst}};
     } else {
       args = {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_WEIGHTS, weights}, {DNNL_ARG_DIFF_DST, dst}};
     }
-    if (inference) args.emplace(DNNL_ARG_BIAS, memory(conv->bias, rt.engine, params[2]));
-    if (g.residual) {
-      const int index = g.act == kIdentity ? 0 : 1;
-      args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(index) | DNNL_ARG_SRC_1, memory(conv->dst, rt.engine, params[3]));
-    }
     conv->prim.execute(rt.stream, args);
     if (g.pass == kBackwardWeights && conv->reorder_weights) conv->weight_reorder.execute(rt.stream, weights, plain);
+    rt.stream.wait();
+    return 0;
+  } catch (const dnnl::error& e) {
+    std::fprintf(stderr, "oneDNN convolution failed: %s (status %d)\n", e.what(), static_cast<int>(e.status));
+    return 1;
+  }
+}
+
+// Inference: a convolution's weight and the BatchNorm after it as MindSpore holds them (params w, gamma, beta, mean,
+// var, eps from `first` on), folded (FoldBatchNormInto) and reordered to the primitive's blocked weights once per
+// version: the folded weights are kept with a copy of what they were computed from, and computed again when any of it
+// differs bit for bit (a training step, a loaded checkpoint), so a cached result is always the one the current
+// parameters give.  (Folding and reordering in every call cost ~10% of a MobileNetV3-small batch, DESIGN.md section
+// 8; ONNX Runtime folds once at load.)
+struct ConvBN {
+  const float* part[6];  // w, gamma, beta, mean, var, eps
+  int64_t out, inner;
+
+  ConvBN(void** params, int first, const memory::desc& plain) {
+    for (int i = 0; i < 6; ++i) part[i] = static_cast<const float*>(params[first + i]);
+    out = plain.get_dims()[0];
+    inner = static_cast<int64_t>(plain.get_size() / sizeof(float)) / out;
+  }
+  int64_t size(int i) const { return i == 0 ? out * inner : i == 5 ? 1 : out; }
+};
+
+struct FoldedWeights {
+  std::mutex mutex;
+  std::vector<float> source;  // the ConvBN parts the weights below were computed from, one after the other
+  std::vector<float> weights, bias, dw_weights, dw_bias;
+};
+
+bool SameSource(const std::vector<float>& source, const std::vector<const ConvBN*>& layers) {
+  size_t offset = 0;
+  for (const ConvBN* l : layers) {
+    for (int i = 0; i < 6; ++i) {
+      const size_t n = l->size(i);
+      if (offset + n > source.size() || std::memcmp(source.data() + offset, l->part[i], n * sizeof(float)) != 0) {
+        return false;
+      }
+      offset += n;
+    }
+  }
+  return offset == source.size();
+}
+
+void KeepSource(std::vector<float>& source, const std::vector<const ConvBN*>& layers) {
+  source.clear();
+  for (const ConvBN* l : layers) {
+    for (int i = 0; i < 6; ++i) source.insert(source.end(), l->part[i], l->part[i] + l->size(i));
+  }
+}
+
+void FoldAndReorder(const ConvBN& l, const memory::desc& plain, const memory::desc& blocked, bool reorder,
+                    const dnnl::reorder& to_blocked, std::vector<float>& weights, std::vector<float>& bias) {
+  auto& rt = runtime();
+  std::vector<float> folded(l.out * l.inner);
+  bias.assign(l.out, 0.0f);
+  FoldBatchNormInto(l.part[0], l.out, l.inner, l.part[1], l.part[2], l.part[3], l.part[4], *l.part[5],
+                    folded.data(), bias.data());
+  if (!reorder) {
+    weights = std::move(folded);
+    return;
+  }
+  weights.assign(blocked.get_size() / sizeof(float), 0.0f);
+  memory from(plain, rt.engine, folded.data()), to(blocked, rt.engine, weights.data());
+  to_blocked.execute(rt.stream, from, to);
+  rt.stream.wait();
+}
+
+std::shared_ptr<FoldedWeights> GetFoldedWeights(const Conv* conv, const void* weight) {
+  static std::mutex mutex;
+  static std::map<std::pair<const Conv*, const void*>, std::shared_ptr<FoldedWeights>> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (cache.size() > 4096) cache.clear();  // parameters moved many times: start again rather than grow
+  auto& entry = cache[{conv, weight}];
+  if (!entry) entry = std::make_shared<FoldedWeights>();
+  return entry;
+}
+
+// y = act(conv(x, fold(w, bn)) + bias) (+ r): params x, w, gamma, beta, mean, var, eps, [r], y.  Fused with a
+// depthwise convolution: x, w, its BatchNorm's five, the depthwise w, its BatchNorm's five, y.
+int RunInference(const Geometry& g, void** params) {
+  try {
+    auto conv = GetConv(g);
+    auto& rt = runtime();
+    const ConvBN first(params, 1, conv->plain_weights);
+    std::unique_ptr<ConvBN> second;
+    if (g.fused_dw) second = std::make_unique<ConvBN>(params, 7, conv->dw_plain_weights);
+    auto folded = GetFoldedWeights(conv.get(), params[1]);
+    std::lock_guard<std::mutex> lock(folded->mutex);
+    std::vector<const ConvBN*> layers{&first};
+    if (second) layers.push_back(second.get());
+    if (!SameSource(folded->source, layers)) {
+      folded->source.clear();
+      FoldAndReorder(first, conv->plain_weights, conv->weights, conv->reorder_weights, conv->weight_reorder,
+                     folded->weights, folded->bias);
+      if (g.fused_dw) {
+        FoldAndReorder(*second, conv->dw_plain_weights, conv->dw_weights, true, conv->dw_weight_reorder,
+                       folded->dw_weights, folded->dw_bias);
+      }
+      KeepSource(folded->source, layers);
+    }
+    void* dst_data = params[g.fused_dw ? 13 : g.residual ? 8 : 7];
+    std::unordered_map<int, memory> args = {
+        {DNNL_ARG_SRC, memory(conv->src, rt.engine, params[0])},
+        {DNNL_ARG_WEIGHTS, memory(conv->weights, rt.engine, folded->weights.data())},
+        {DNNL_ARG_BIAS, memory(conv->bias, rt.engine, folded->bias.data())},
+        {DNNL_ARG_DST, memory(conv->dst, rt.engine, dst_data)}};
+    if (g.fused_dw) {
+      args.emplace(DNNL_ARG_ATTR_POST_OP_DW | DNNL_ARG_WEIGHTS,
+                   memory(conv->dw_weights, rt.engine, folded->dw_weights.data()));
+      args.emplace(DNNL_ARG_ATTR_POST_OP_DW | DNNL_ARG_BIAS, memory(conv->dw_bias, rt.engine, folded->dw_bias.data()));
+    }
+    if (g.residual) {
+      const int index = g.act == kIdentity ? 0 : 1;
+      args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(index) | DNNL_ARG_SRC_1, memory(conv->dst, rt.engine, params[7]));
+    }
+    conv->prim.execute(rt.stream, args);
     rt.stream.wait();
     return 0;
   } catch (const dnnl::error& e) {
@@ -218,38 +379,69 @@ bool Float32(int n, int* ndims, const char** dtypes, std::initializer_list<int> 
   return i == n;
 }
 
+// Whether params first .. first + 4 are a BatchNorm's gamma, beta, mean, var of `out` channels and one eps.
+bool BatchNormShapes(int64_t** shapes, int first, int64_t out) {
+  for (int i = first; i < first + 4; ++i) {
+    if (shapes[i][0] != out) return false;
+  }
+  return shapes[first + 4][0] == 1;
+}
+
 template <Act A, int64_t S, bool kSame>
 int Stem(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
-  if (nparam != 4 || !Float32(4, ndims, dtypes, {4, 4, 1, 5})) return 1;
+  if (nparam != 8 || !Float32(8, ndims, dtypes, {4, 4, 1, 1, 1, 1, 1, 5})) return 1;
   const int64_t* x = shapes[0];
   const int64_t* w = shapes[1];
-  Geometry g{x[0], x[1], x[2], x[3], w[0], w[2], S, shapes[3][2], shapes[3][3], kSame, false, true, false, A, kInference};
-  if (w[1] != x[1] || w[2] != w[3] || shapes[3][1] * kB < w[0] || shapes[3][4] != kB) return 1;
-  return RunConv(g, params);
+  const int64_t* y = shapes[7];
+  Geometry g{x[0], x[1], x[2], x[3], w[0], w[2], S, y[2], y[3], kSame, false, true, false, A, kInference};
+  if (w[1] != x[1] || w[2] != w[3] || y[1] * kB < w[0] || y[4] != kB || !BatchNormShapes(shapes, 2, w[0])) return 1;
+  return RunInference(g, params);
 }
 
 template <Act A, int64_t S, bool kSame>
 int Depthwise(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
-  if (nparam != 4 || !Float32(4, ndims, dtypes, {5, 4, 1, 5})) return 1;
+  if (nparam != 8 || !Float32(8, ndims, dtypes, {5, 4, 1, 1, 1, 1, 1, 5})) return 1;
   const int64_t* x = shapes[0];
   const int64_t* w = shapes[1];
-  Geometry g{x[0], w[0], x[2], x[3], w[0], w[2], S, shapes[3][2], shapes[3][3], kSame, true, false, false, A, kInference};
-  if (w[1] != 1 || w[2] != w[3] || x[1] * kB < w[0] || x[4] != kB) return 1;
-  return RunConv(g, params);
+  const int64_t* y = shapes[7];
+  Geometry g{x[0], w[0], x[2], x[3], w[0], w[2], S, y[2], y[3], kSame, true, false, false, A, kInference};
+  if (w[1] != 1 || w[2] != w[3] || x[1] * kB < w[0] || x[4] != kB || !BatchNormShapes(shapes, 2, w[0])) return 1;
+  return RunInference(g, params);
 }
 
 template <Act A, bool kResidual>
 int Pointwise(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
-  const int out = kResidual ? 4 : 3;
-  if (nparam != out + 1 ||
-      !(kResidual ? Float32(5, ndims, dtypes, {5, 4, 1, 5, 5}) : Float32(4, ndims, dtypes, {5, 4, 1, 5}))) {
+  const int out = kResidual ? 8 : 7;
+  if (nparam != out + 1 || !(kResidual ? Float32(9, ndims, dtypes, {5, 4, 1, 1, 1, 1, 1, 5, 5})
+                                       : Float32(8, ndims, dtypes, {5, 4, 1, 1, 1, 1, 1, 5}))) {
     return 1;
   }
   const int64_t* x = shapes[0];
   const int64_t* w = shapes[1];
   Geometry g{x[0], w[1], x[2], x[3], w[0], 1, 1, x[2], x[3], false, false, false, kResidual, A, kInference};
-  if (w[2] != 1 || w[3] != 1 || x[1] * kB < w[1] || shapes[out][1] * kB < w[0]) return 1;
-  return RunConv(g, params);
+  if (w[2] != 1 || w[3] != 1 || x[1] * kB < w[1] || shapes[out][1] * kB < w[0] || !BatchNormShapes(shapes, 2, w[0])) {
+    return 1;
+  }
+  return RunInference(g, params);
+}
+
+// A 1x1 convolution (+ BatchNorm, act) and the 3x3 depthwise convolution (+ BatchNorm, act) after it at stride S,
+// padding 1, in one oneDNN primitive: params x, w (O, C, 1, 1), its BatchNorm's five, w (O, 1, 3, 3), its
+// BatchNorm's five, y.
+template <Act A, int64_t S>
+int PointwiseDepthwise(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
+  if (nparam != 14 || !Float32(14, ndims, dtypes, {5, 4, 1, 1, 1, 1, 1, 4, 1, 1, 1, 1, 1, 5})) return 1;
+  const int64_t* x = shapes[0];
+  const int64_t* w = shapes[1];
+  const int64_t* dw = shapes[7];
+  const int64_t* y = shapes[13];
+  Geometry g{x[0], w[1], x[2], x[3], w[0], 3, S, y[2], y[3], false, false, false, false, A, kInference, true};
+  if (w[2] != 1 || w[3] != 1 || x[1] * kB < w[1] || x[4] != kB || dw[0] != w[0] || dw[1] != 1 || dw[2] != 3 ||
+      dw[3] != 3 || y[1] * kB < w[0] || y[4] != kB || !BatchNormShapes(shapes, 2, w[0]) ||
+      !BatchNormShapes(shapes, 8, w[0])) {
+    return 1;
+  }
+  return RunInference(g, params);
 }
 
 // Copies params[0] to params[1] between the blocked and the NCHW layout of a logical (N, C, H, W) tensor.
@@ -635,7 +827,9 @@ extern "C" int OneDNNVersion() {
   AOT_EXPORT(BlockedDepthwise##ACT##S1, Depthwise<A, 1, false>)                 \
   AOT_EXPORT(BlockedDepthwise##ACT##S2, Depthwise<A, 2, false>)                 \
   AOT_EXPORT(BlockedDepthwise##ACT##SameS2, Depthwise<A, 2, true>)              \
-  AOT_EXPORT(BlockedPointwise##ACT, Pointwise<A, false>)
+  AOT_EXPORT(BlockedPointwise##ACT, Pointwise<A, false>)                        \
+  AOT_EXPORT(BlockedPointwiseDepthwise##ACT##S1, PointwiseDepthwise<A, 1>)      \
+  AOT_EXPORT(BlockedPointwiseDepthwise##ACT##S2, PointwiseDepthwise<A, 2>)
 
 BLOCKED_CONVS(Identity, kIdentity)
 BLOCKED_CONVS(ReLU, kReLU)

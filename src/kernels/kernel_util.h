@@ -1,6 +1,7 @@
 // Shared by the C++ CPU kernels: denormal flushing, an 8-float vector type and the activations.
 #pragma once
 
+#include <cmath>
 #include <cstring>
 
 #if defined(__SSE__)
@@ -56,6 +57,18 @@ void ParallelFor(int64_t n, bool parallel, Body body) {
       FlushDenormals flush;
       body(first, last);
     }
+  }
+}
+
+// A convolution weight w (out, inner) and the inference BatchNorm after it as one convolution with bias:
+// s = gamma / sqrt(var + eps), w'[o, i] = w[o, i] * s[o], b'[o] = beta[o] - mean[o] * s[o].  (FoldBatchNorm's NCHW
+// op and the blocked layout's cached inference weights compute it here, so they agree bitwise.)
+inline void FoldBatchNormInto(const float* w, int64_t out, int64_t inner, const float* gamma, const float* beta,
+                              const float* mean, const float* var, float eps, float* w_out, float* b_out) {
+  for (int64_t o = 0; o < out; ++o) {
+    const float s = gamma[o] / std::sqrt(var[o] + eps);
+    for (int64_t i = 0; i < inner; ++i) w_out[o * inner + i] = w[o * inner + i] * s;
+    b_out[o] = beta[o] - mean[o] * s;
   }
 }
 
