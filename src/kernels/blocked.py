@@ -1,7 +1,7 @@
 """The blocked layout: a lowered network's `features` (stem to last convolution), in training and inference, on
 tensors of shape (N, ceil(C / B), H, W, B), B = 16 with AVX-512 (oneDNN's nChw16c), 8 otherwise, so that oneDNN's
 blocked depthwise and 1x1 convolutions (forward and backward) and our BatchNorm + activation work on whole vectors of
-channels (blocked_kernel.cc; DESIGN.md section 8 measures them against our NCHW kernels per layer).  The stem reads
+channels (blocked_kernel.cc; README "Speed on CPU" measures them against our NCHW kernels per layer).  The stem reads
 NCHW and writes blocked, the region ends with one reorder back to NCHW, so what enters and leaves `features` is
 unchanged.  `blocked_features` builds the region from the lowered NCHW cells (their Parameter objects), or returns
 None where a cell in it has no blocked form (then the network keeps the NCHW cells)."""
@@ -106,7 +106,7 @@ class BlockedConvBNAct(FusedCell):
 class BlockedPointwiseDepthwise(FusedCell):
     """A 1x1 conv -> BatchNorm -> act and the 3x3 depthwise conv -> BatchNorm -> act after it (the same activation,
     padding 1): in inference one oneDNN primitive (its depthwise post-op) that never writes the 1x1's output whole;
-    in training the two cells.  Measured per layer pair of MobileNetV1 and V3 at batch 32 (DESIGN.md section 8):
+    in training the two cells.  Measured per layer pair of MobileNetV1 and V3 at batch 32 (README "Speed on CPU"):
     0.6-0.95x the two primitives' time where the 1x1's outputs fill whole blocks; where they do not (72, 88, 120
     channels at 16 lanes) oneDNN runs a generic fusion that measured up to 1.1x, so those pairs stay apart."""
 

@@ -1,8 +1,8 @@
-// Inference kernels on the blocked layout (channels in blocks of BLOCK = 16 with AVX-512, 8 otherwise: oneDNN's
-// nChw16c / nChw8c, a MindSpore tensor of shape (N, ceil(C / BLOCK), H, W, BLOCK) whose padding channels are zero).
-// The convolutions are oneDNN's, called through MindSpore's own libdnnl.so.3 (oneDNN 3.10.1, threadpool runtime:
-// we hand it an OpenMP thread pool); measured per layer shape against our NCHW kernels in DESIGN.md section 8
-// ("Blocked layout: who computes what"): 0.3-0.7x their time for the depthwise convolutions, 0.7-0.8x for the 1x1.
+// Kernels on the blocked layout (channels in blocks of BLOCK = 16 with AVX-512, 8 otherwise: oneDNN's nChw16c /
+// nChw8c, a MindSpore tensor of shape (N, ceil(C / BLOCK), H, W, BLOCK) whose padding channels are zero).  The
+// convolutions are oneDNN's, called through MindSpore's own libdnnl.so.3 (oneDNN 3.10.1, threadpool runtime: we hand
+// it an OpenMP thread pool); measured per layer shape against our NCHW kernels (README, "Speed on CPU"): 0.3-0.7x
+// their time for the depthwise convolutions, 0.7-0.8x for the 1x1.
 // The squeeze-excite pieces are ours (one pass each).  One exported function per op (MindSpore AOT custom op
 // signature); the inference convolutions take each weight with its BatchNorm (bn = gamma, beta, mean, var, eps) and
 // fold them once per version (RunInference):
@@ -255,8 +255,8 @@ int RunConv(const Geometry& g, void** params) {
 // var, eps from `first` on), folded (FoldBatchNormInto) and reordered to the primitive's blocked weights once per
 // version: the folded weights are kept with a copy of what they were computed from, and computed again when any of it
 // differs bit for bit (a training step, a loaded checkpoint), so a cached result is always the one the current
-// parameters give.  (Folding and reordering in every call cost ~10% of a MobileNetV3-small batch, DESIGN.md section
-// 8; ONNX Runtime folds once at load.)
+// parameters give.  (Folding and reordering in every call cost ~10% of a MobileNetV3-small batch, README "Speed on
+// CPU"; ONNX Runtime folds once at load.)
 struct ConvBN {
   const float* part[6];  // w, gamma, beta, mean, var, eps
   int64_t out, inner;
@@ -539,7 +539,7 @@ int Train(int nparam, void** params, int* ndims, int64_t** shapes, const char** 
 }
 
 // dw (C, 1, k, k) of a depthwise convolution from x and dy, blocked: oneDNN has no fast kernel for it beyond 3x3
-// (its reference kernel took 66-240x our time at 5x5, DESIGN.md section 8).  One task per channel block, sums in
+// (its reference kernel took 66-240x our time at 5x5, README "Speed on CPU").  One task per channel block, sums in
 // float per image and in double across images (the same result for any thread count).
 int DepthwiseWeightGradOurs(const Geometry& g, void** params) {
   const float* x = static_cast<const float*>(params[0]);
