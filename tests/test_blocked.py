@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from src.kernels import library
-from src.kernels.blocked import BlockedFeatures, BlockedPointwiseDepthwise
+from src.kernels.blocked import BlockedFeatures, BlockedPointwiseDepthwise, BlockedSqueezeExcite
 from src.kernels.lowering import lower_for_cpu
-from src.models import create_model
-from tests.test_lowering import assert_lowered_network_matches_standard_network, random_input, twins
+from src.models import create_model, mobilenet_v3
+from tests.test_lowering import assert_lowered_network_matches_standard_network, lowered, random_input, twins
 
 pytestmark = pytest.mark.skipif(library.blocked_library() is None, reason="blocked-layout kernels unavailable")
 
@@ -78,6 +78,40 @@ def test_padding_channels_stay_zero_through_every_layer(mode):
             assert np.all(flat[:, channels:] == 0) and np.any(flat[:, :channels] != 0)
             padded += channels % block != 0
         assert padded >= 10
+
+
+def to_blocked(x: np.ndarray, block: int) -> np.ndarray:
+    """(N, C, H, W) -> (N, ceil(C / block), H, W, block), padding channels zero."""
+    n, c, h, w = x.shape
+    padded = np.zeros((n, -(-c // block) * block, h, w), x.dtype)
+    padded[:, :c] = x
+    return padded.reshape(n, -1, block, h, w).transpose(0, 1, 3, 4, 2)
+
+
+@pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], indirect=True)
+def test_inference_squeeze_excite_in_one_op_matches_the_standard_cell(mode):
+    """The inference squeeze-excite (one op: channel means, reduce + bias + ReLU, expand + bias, h-sigmoid gate,
+    scaling) equals mobilenet_v3.SqueezeExcite on 20 channels (padding lanes in blocks of 8 and 16, which stay
+    zero), with weights large enough that the ReLU and both kinks of the gate are crossed."""
+    rng = np.random.default_rng(5)
+    block = library.blocked_block()
+    fast, standard = twins(lambda: mobilenet_v3.SqueezeExcite(20))
+    for param, twin in zip(fast.get_parameters(), standard.get_parameters()):
+        value = rng.normal(0, 0.6, param.shape).astype(np.float32)
+        param.set_data(ms.Tensor(value))
+        twin.set_data(ms.Tensor(value.copy()))
+    x = (rng.standard_normal((3, 20, 7, 9)) + rng.normal(0, 3, (3, 20, 1, 1))).astype(np.float32)
+    hidden = standard.reduce(standard.pool(ms.Tensor(x))).asnumpy()
+    logits = standard.expand(standard.relu(ms.Tensor(hidden))).asnumpy()
+    assert (hidden < 0).mean() > 0.1 and (hidden > 0).mean() > 0.1
+    assert (logits < -3).mean() > 0.1 and (logits > 3).mean() > 0.1 and (np.abs(logits) < 3).mean() > 0.1
+    blocked = BlockedSqueezeExcite(lowered(fast))
+    blocked.set_train(False)
+    standard.set_train(False)
+    got = blocked(ms.Tensor(to_blocked(x, block))).asnumpy()
+    want = to_blocked(standard(ms.Tensor(x)).asnumpy(), block)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    assert np.all(got.transpose(0, 1, 4, 2, 3).reshape(3, -1, 7, 9)[:, 20:] == 0)
 
 
 @pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE], indirect=True)
