@@ -31,11 +31,11 @@ def test_the_kernels_run_on_mindsporess_own_onednn_version_3():
 # channel counts that are not multiples of the block (8 in V1-0.25; 24, 40, 48, 72, 88, 120 in V3-small),
 # squeeze-excite; the 1x1 + 3x3 depthwise pairs fused in inference (the last number: MobileNetV1's 12 pairs of a
 # pointwise layer and the next block's depthwise one, of which 8 at stride 1 where its stride-2 ones are padded
-# "same"; none in V3-small, whose 72 and 88 channels do not fill whole blocks.  MobileNetV3-large's 4 pairs, with
-# h-swish: tests/test_lowering.py's fixture networks.)  The logits after the training steps are computed from
+# "same"; none in V3-small, whose 72 and 88 channels do not fill whole blocks; MobileNetV3-large's 4, with h-swish,
+# and its squeeze-excite on up to 960 channels).  The logits after the training steps are computed from
 # parameters that changed since the first inference: the folded weights the inference ops keep are computed again.
 CASES = [("mobilenet_v1", 0.25, {}, 12), ("mobilenet_v1", 0.5, {"padding": "same", "activation": "relu"}, 8),
-         ("mobilenet_v3_small", 1.0, {}, 0)]
+         ("mobilenet_v3_small", 1.0, {}, 0), ("mobilenet_v3_large", 1.0, {}, 4)]
 
 
 @pytest.mark.parametrize("mode", [ms.GRAPH_MODE], indirect=True)
@@ -88,11 +88,29 @@ def to_blocked(x: np.ndarray, block: int) -> np.ndarray:
     return padded.reshape(n, -1, block, h, w).transpose(0, 1, 3, 4, 2)
 
 
+def from_blocked(y: np.ndarray, channels: int) -> np.ndarray:
+    """(N, Cb, H, W, B) -> (N, channels, H, W)."""
+    n, cb, h, w, block = y.shape
+    return y.transpose(0, 1, 4, 2, 3).reshape(n, cb * block, h, w)[:, :channels]
+
+
+class WeightedSum(nn.Cell):
+    """(net(x) * dy).sum(): its gradients are net's backward pass for the output gradient dy."""
+
+    def __init__(self, net, dy):
+        super().__init__()
+        self.net, self.dy = net, dy
+
+    def construct(self, x):
+        return (self.net(x) * self.dy).sum()
+
+
 @pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], indirect=True)
-def test_inference_squeeze_excite_in_one_op_matches_the_standard_cell(mode):
-    """The inference squeeze-excite (one op: channel means, reduce + bias + ReLU, expand + bias, h-sigmoid gate,
-    scaling) equals mobilenet_v3.SqueezeExcite on 20 channels (padding lanes in blocks of 8 and 16, which stay
-    zero), with weights large enough that the ReLU and both kinks of the gate are crossed."""
+def test_squeeze_excite_in_one_op_matches_the_standard_cell(mode):
+    """The blocked squeeze-excite (one op: channel means, reduce + bias + ReLU, expand + bias, h-sigmoid gate,
+    scaling; its gradient one op too) equals mobilenet_v3.SqueezeExcite on 20 channels (padding lanes in blocks of 8
+    and 16, which stay zero), with weights large enough that the ReLU and both kinks of the gate are crossed:
+    inference output, and in training the output, the input gradient and the four parameter gradients."""
     rng = np.random.default_rng(5)
     block = library.blocked_block()
     fast, standard = twins(lambda: mobilenet_v3.SqueezeExcite(20))
@@ -106,12 +124,25 @@ def test_inference_squeeze_excite_in_one_op_matches_the_standard_cell(mode):
     assert (hidden < 0).mean() > 0.1 and (hidden > 0).mean() > 0.1
     assert (logits < -3).mean() > 0.1 and (logits > 3).mean() > 0.1 and (np.abs(logits) < 3).mean() > 0.1
     blocked = BlockedSqueezeExcite(lowered(fast))
-    blocked.set_train(False)
-    standard.set_train(False)
-    got = blocked(ms.Tensor(to_blocked(x, block))).asnumpy()
-    want = to_blocked(standard(ms.Tensor(x)).asnumpy(), block)
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
-    assert np.all(got.transpose(0, 1, 4, 2, 3).reshape(3, -1, 7, 9)[:, 20:] == 0)
+    dy = to_blocked(rng.standard_normal(x.shape).astype(np.float32), block)
+    for training in (False, True):
+        blocked.set_train(training)
+        standard.set_train(training)
+        got = [blocked(ms.Tensor(to_blocked(x, block))).asnumpy()]
+        want = [to_blocked(standard(ms.Tensor(x)).asnumpy(), block)]
+        assert np.all(from_blocked(got[0], 32)[:, 20:] == 0)
+        if training:
+            dx, dweights = ms.grad(WeightedSum(blocked, ms.Tensor(dy)), grad_position=0,
+                                   weights=blocked.trainable_params())(ms.Tensor(to_blocked(x, block)))
+            got += [dx.asnumpy()] + [g.asnumpy() for g in dweights]
+            dx, dweights = ms.grad(WeightedSum(standard, ms.Tensor(from_blocked(dy, 20))), grad_position=0,
+                                   weights=standard.trainable_params())(ms.Tensor(x))
+            want += [to_blocked(dx.asnumpy(), block)] + [g.asnumpy() for g in dweights]
+            assert [p.name for p in blocked.trainable_params()] == [p.name for p in standard.trainable_params()]
+            assert np.all(from_blocked(got[1], 32)[:, 20:] == 0)
+        assert len(got) == (6 if training else 1)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=0, atol=1e-5 * np.abs(w).max())
 
 
 @pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE], indirect=True)

@@ -137,33 +137,24 @@ class BlockedPointwiseDepthwise(FusedCell):
 
 
 class BlockedSqueezeExcite(FusedCell):
-    """A lowered squeeze-excite on blocked tensors.  Training: the mean over height and width (ours), the two small
-    convolutions on (N, C, 1, 1) as MindSpore's, the h-sigmoid gate scaling the input (ours); each with its gradient.
-    Inference: all of it as one op of ours, an image at a time (its map read the second time from cache; one op
-    instead of six: README "Speed on CPU")."""
+    """A lowered squeeze-excite on blocked tensors as one op of ours, an image at a time (the channel means, the two
+    small convolutions with their biases, ReLU, the h-sigmoid gate and the scaling; blocked_kernel.cc SqueezeExcite),
+    its gradient one op too (which computes the means and the small layers again from its input)."""
 
     def __init__(self, se: SqueezeExcite):
         super().__init__()
         self.reduce, self.relu, self.expand = se.reduce, se.relu, se.expand
-        self.channels = self.out_channels = se.reduce.in_channels
-        mean_grad = _op("BlockedGlobalMeanGrad", lambda x, dy: x)
-        gate_grad = _op("BlockedHSigmoidGateGrad", lambda x, g, dy: (x, g), out_dtype=lambda x, g, dy: (x, g))
+        self.out_channels = se.reduce.in_channels
+        grad = _op("BlockedSqueezeExciteGrad", lambda x, w1, b1, w2, b2, dy: (x, w1, b1, w2, b2),
+                   out_dtype=lambda x, *_: (x,) * 5)
 
-        def mean_bprop(x, out, dout):
-            return (mean_grad(x, dout),)
+        def bprop(x, w1, b1, w2, b2, out, dout):
+            return grad(x, w1, b1, w2, b2, dout)
 
-        def gate_bprop(x, g, out, dout):
-            return gate_grad(x, g, dout)
-
-        self.mean = _op("BlockedGlobalMean", lambda x: [x[0], x[1] * x[4]], mean_bprop)
-        self.gate_and_scale = _op("BlockedHSigmoidGate", lambda x, g: x, gate_bprop)
-        self.whole = _op("BlockedSqueezeExcite", lambda x, *_: x)
+        self.op = _op("BlockedSqueezeExcite", lambda x, *_: x, bprop)
 
     def construct(self, x):
-        if not self.training:
-            return self.whole(x, self.reduce.weight, self.reduce.bias, self.expand.weight, self.expand.bias)
-        pooled = self.mean(x)[:, :self.channels].reshape(x.shape[0], self.channels, 1, 1)
-        return self.gate_and_scale(x, self.expand(self.relu(self.reduce(pooled))))
+        return self.op(x, self.reduce.weight, self.reduce.bias, self.expand.weight, self.expand.bias)
 
 
 class BlockedShortcut(FusedCell):

@@ -3,7 +3,7 @@
 // convolutions are oneDNN's, called through MindSpore's own libdnnl.so.3 (oneDNN 3.10.1, threadpool runtime: we hand
 // it an OpenMP thread pool); measured per layer shape against our NCHW kernels (README, "Speed on CPU"): 0.3-0.7x
 // their time for the depthwise convolutions, 0.7-0.8x for the 1x1.
-// The squeeze-excite pieces are ours (one pass each).  One exported function per op (MindSpore AOT custom op
+// The squeeze-excite is ours (one op forward, one backward).  One exported function per op (MindSpore AOT custom op
 // signature); the inference convolutions take each weight with its BatchNorm (bn = gamma, beta, mean, var, eps) and
 // fold them once per version (RunInference):
 //   BlockedStem{Act}{S1,S2,SameS2}(x NCHW, w, bn) -> y blocked            a dense k x k convolution (the stem)
@@ -12,9 +12,7 @@
 //   BlockedPointwiseResidual(x, w, bn, r) -> y = conv + bias + r           1x1, linear, plus the shortcut
 //   BlockedPointwiseDepthwise{Act}{S1,S2}(x, w, bn, dw, bn) -> y           1x1 then depthwise 3x3 in one primitive
 //   BlockedToNCHW(x) -> y NCHW                                             the layout back (C from y's shape)
-//   BlockedGlobalMean(x) -> (N, Cpadded)                                   mean over H and W
-//   BlockedHSigmoidGate(x, g (N,C,1,1)) -> x * relu6(g + 3) / 6           squeeze-excite's scaling
-//   BlockedSqueezeExcite(x, w1 (R,C,1,1), b1, w2 (C,R,1,1), b2) -> y        a whole squeeze-excite (inference)
+//   BlockedSqueezeExcite(x, w1 (R,C,1,1), b1, w2 (C,R,1,1), b2) -> y        a whole squeeze-excite (and its gradient)
 // and the training ops (convolutions and their gradients, BatchNorm on batch statistics) further down.
 // Activations Act: Identity, ReLU, ReLU6, HSwish (oneDNN post-ops: relu, clip_v2 (0, 6), hardswish (1/6, 1/2)).
 // Padding: symmetric k / 2, or TensorFlow's "same" at stride 2 (half the total before, the odd one after).
@@ -466,54 +464,6 @@ int ToNCHW(int nparam, void** params, int* ndims, int64_t** shapes, const char**
   return Reorder(shapes[1], true, params);
 }
 
-// (N, Cb, H, W, B) -> (N, Cb * B): the mean of each channel over H and W.
-int GlobalMean(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
-  if (nparam != 2 || !Float32(2, ndims, dtypes, {5, 2})) return 1;
-  const int64_t* x = shapes[0];
-  const int64_t blocks = x[0] * x[1], plane = x[2] * x[3];
-  const float* in = static_cast<const float*>(params[0]);
-  float* out = static_cast<float*>(params[1]);
-  const float scale = 1.0f / static_cast<float>(plane);
-  ParallelFor(blocks, blocks * plane * kB > 32768, [&](int64_t first, int64_t last) {
-    for (int64_t b = first; b < last; ++b) {
-      float sum[kB] = {};
-      const float* p = in + b * plane * kB;
-      for (int64_t i = 0; i < plane; ++i) {
-        for (int j = 0; j < kB; ++j) sum[j] += p[i * kB + j];
-      }
-      for (int j = 0; j < kB; ++j) out[b * kB + j] = sum[j] * scale;
-    }
-  });
-  return 0;
-}
-
-// y = x * relu6(g + 3) / 6 per channel, g (N, C, 1, 1); padding channels stay zero.
-int HSigmoidGate(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
-  if (nparam != 3 || !Float32(3, ndims, dtypes, {5, 4, 5})) return 1;
-  const int64_t* x = shapes[0];
-  const int64_t c = shapes[1][1], blocks = x[0] * x[1], plane = x[2] * x[3];
-  if (shapes[1][0] != x[0] || c > x[1] * kB) return 1;
-  const float* in = static_cast<const float*>(params[0]);
-  const float* gate = static_cast<const float*>(params[1]);
-  float* out = static_cast<float*>(params[2]);
-  ParallelFor(blocks, blocks * plane * kB > 32768, [&](int64_t first, int64_t last) {
-    for (int64_t b = first; b < last; ++b) {
-      const int64_t n = b / x[1], c0 = (b % x[1]) * kB;
-      float scale[kB];
-      for (int j = 0; j < kB; ++j) {
-        const float z = c0 + j < c ? gate[n * c + c0 + j] : 0.f;
-        scale[j] = c0 + j < c ? std::min(std::max(z + 3.0f, 0.0f), 6.0f) / 6.0f : 0.f;
-      }
-      const float* p = in + b * plane * kB;
-      float* q = out + b * plane * kB;
-      for (int64_t i = 0; i < plane; ++i) {
-        for (int j = 0; j < kB; ++j) q[i * kB + j] = p[i * kB + j] * scale[j];
-      }
-    }
-  });
-  return 0;
-}
-
 // The training convolutions of kind Kind (kStem: x NCHW; kDepthwise; kPointwise), pass P:
 //   kForward (x, w) -> y,  kBackwardData (x, w, dy) -> dx,  kBackwardWeights (x, w, dy) -> dw.
 enum Kind { kStem, kDepthwise, kPointwise };
@@ -763,17 +713,34 @@ float Dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
-// A squeeze-excite in inference, one image at a time: the channel means of x, hidden = relu(w1 . mean + b1),
-// gate = relu6(w2 . hidden + b2 + 3) / 6, y = x * gate; the image's map (at most 576 x 7 x 7 or 16 x 56 x 56 floats
-// in MobileNetV3, 200 KB) is read the second time from cache.  One op instead of six (mean, slice, two MindSpore
-// convolutions, ReLU, gate): measured in README "Speed on CPU".  Padding channels stay zero.
-int SqueezeExcite(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
-  if (nparam != 6 || !Float32(6, ndims, dtypes, {5, 4, 1, 4, 1, 5})) return 1;
+float HSigmoid(float z) { return std::min(std::max(z + 3.0f, 0.0f), 6.0f) / 6.0f; }
+
+// The small part of a squeeze-excite for one image: h = relu(w1 . m + b1), z = w2 . h + b2.
+void SqueezeExciteLogits(const float* w1, const float* b1, const float* w2, const float* b2, int64_t r, int64_t c,
+                         const float* mean, float* hidden, float* z) {
+  for (int64_t o = 0; o < r; ++o) hidden[o] = std::max(Dot(w1 + o * c, mean, c) + b1[o], 0.0f);
+  for (int64_t o = 0; o < c; ++o) z[o] = Dot(w2 + o * r, hidden, r) + b2[o];
+}
+
+// Whether the shapes are those of a squeeze-excite (x, w1 (R,C,1,1), b1, w2 (C,R,1,1), b2); sets n, blocks, plane,
+// r, c.
+bool SqueezeExciteShapes(int64_t** shapes, int64_t* n, int64_t* blocks, int64_t* plane, int64_t* r, int64_t* c) {
   const int64_t* x = shapes[0];
-  const int64_t n = x[0], blocks = x[1], plane = x[2] * x[3], r = shapes[1][0], c = shapes[1][1];
-  if (x[4] != kB || c > blocks * kB || c <= (blocks - 1) * kB || shapes[1][2] * shapes[1][3] != 1 ||
-      shapes[2][0] != r || shapes[3][0] != c || shapes[3][1] != r || shapes[3][2] * shapes[3][3] != 1 ||
-      shapes[4][0] != c) {
+  *n = x[0], *blocks = x[1], *plane = x[2] * x[3], *r = shapes[1][0], *c = shapes[1][1];
+  return x[4] == kB && *c <= *blocks * kB && *c > (*blocks - 1) * kB && shapes[1][2] * shapes[1][3] == 1 &&
+         shapes[2][0] == *r && shapes[3][0] == *c && shapes[3][1] == *r && shapes[3][2] * shapes[3][3] == 1 &&
+         shapes[4][0] == *c;
+}
+
+// A squeeze-excite, one image at a time: (x, w1 (R,C,1,1), b1, w2 (C,R,1,1), b2) -> y = x * relu6(z + 3) / 6 with
+// the channel means m of x, h = relu(w1 . m + b1), z = w2 . h + b2.  The image's map (at most 576 x 7 x 7 or
+// 16 x 56 x 56 floats in MobileNetV3, 200 KB) is read the second time from cache.  One op instead of six (mean,
+// slice, two MindSpore convolutions, ReLU, gate), forward and backward: README "Speed on CPU".  Padding channels
+// stay zero.
+int SqueezeExcite(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
+  int64_t n, blocks, plane, r, c;
+  if (nparam != 6 || !Float32(6, ndims, dtypes, {5, 4, 1, 4, 1, 5}) ||
+      !SqueezeExciteShapes(shapes, &n, &blocks, &plane, &r, &c)) {
     return 1;
   }
   const float* in = static_cast<const float*>(params[0]);
@@ -784,7 +751,7 @@ int SqueezeExcite(int nparam, void** params, int* ndims, int64_t** shapes, const
   float* out = static_cast<float*>(params[5]);
   const float inv_plane = 1.0f / static_cast<float>(plane);
   ParallelFor(n, n * blocks * plane * kB > 32768, [&](int64_t first, int64_t last) {
-    std::vector<float> mean(blocks * kB), hidden(r), gate(blocks * kB, 0.0f);
+    std::vector<float> mean(blocks * kB), hidden(r), z(c), gate(blocks * kB, 0.0f);
     for (int64_t i = first; i < last; ++i) {
       const float* p = in + i * blocks * plane * kB;
       float* q = out + i * blocks * plane * kB;
@@ -793,10 +760,8 @@ int SqueezeExcite(int nparam, void** params, int* ndims, int64_t** shapes, const
         for (int64_t k = 0; k < plane; ++k) sum += LoadB(p + (b * plane + k) * kB);
         StoreB(mean.data() + b * kB, sum * inv_plane);
       }
-      for (int64_t o = 0; o < r; ++o) hidden[o] = std::max(Dot(w1 + o * c, mean.data(), c) + b1[o], 0.0f);
-      for (int64_t o = 0; o < c; ++o) {
-        gate[o] = std::min(std::max(Dot(w2 + o * r, hidden.data(), r) + b2[o] + 3.0f, 0.0f), 6.0f) / 6.0f;
-      }
+      SqueezeExciteLogits(w1, b1, w2, b2, r, c, mean.data(), hidden.data(), z.data());
+      for (int64_t o = 0; o < c; ++o) gate[o] = HSigmoid(z[o]);
       for (int64_t b = 0; b < blocks; ++b) {
         const VB g = LoadB(gate.data() + b * kB);
         for (int64_t k = 0; k < plane; ++k) StoreB(q + (b * plane + k) * kB, LoadB(p + (b * plane + k) * kB) * g);
@@ -806,64 +771,102 @@ int SqueezeExcite(int nparam, void** params, int* ndims, int64_t** shapes, const
   return 0;
 }
 
-// The gradient of BlockedGlobalMean: dy (N, Cpadded) -> dx = dy / (H * W) over each plane.
-int GlobalMeanGrad(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
-  if (nparam != 3 || !Float32(3, ndims, dtypes, {5, 2, 5})) return 1;
-  const int64_t* x = shapes[0];
-  const int64_t blocks = x[0] * x[1], plane = x[2] * x[3];
-  const float* dy = static_cast<const float*>(params[1]);
-  float* dx = static_cast<float*>(params[2]);
-  const float scale = 1.0f / static_cast<float>(plane);
-  ParallelFor(blocks, blocks * plane * kB > 32768, [&](int64_t first, int64_t last) {
-    for (int64_t b = first; b < last; ++b) {
-      float v[kB];
-      for (int j = 0; j < kB; ++j) v[j] = dy[b * kB + j] * scale;
-      float* q = dx + b * plane * kB;
-      for (int64_t i = 0; i < plane; ++i) {
-        for (int j = 0; j < kB; ++j) q[i * kB + j] = v[j];
+// The gradient of SqueezeExcite: (x, w1, b1, w2, b2, dy) -> (dx, dw1, db1, dw2, db2).  Per image (in parallel):
+// one pass over x and dy for the channel means m and dg = sum of dy * x (in float over rows of 64 pixels, then in
+// double), h and z computed again from m, dz = dg / 6 where -3 < z < 3, dh = w2^T dz where h > 0, dm = w1^T dh; a
+// second pass (from cache) writes dx = dy * relu6(z + 3) / 6 + dm / (H * W).  Then the parameters' gradients, summed
+// over the images in their order (the same result for any thread count).
+int SqueezeExciteGrad(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
+  int64_t n, blocks, plane, r, c;
+  if (nparam != 11 || !Float32(11, ndims, dtypes, {5, 4, 1, 4, 1, 5, 5, 4, 1, 4, 1}) ||
+      !SqueezeExciteShapes(shapes, &n, &blocks, &plane, &r, &c)) {
+    return 1;
+  }
+  const float* in = static_cast<const float*>(params[0]);
+  const float* w1 = static_cast<const float*>(params[1]);
+  const float* b1 = static_cast<const float*>(params[2]);
+  const float* w2 = static_cast<const float*>(params[3]);
+  const float* b2 = static_cast<const float*>(params[4]);
+  const float* dy = static_cast<const float*>(params[5]);
+  float* dx = static_cast<float*>(params[6]);
+  float* dw1 = static_cast<float*>(params[7]);
+  float* db1 = static_cast<float*>(params[8]);
+  float* dw2 = static_cast<float*>(params[9]);
+  float* db2 = static_cast<float*>(params[10]);
+  std::vector<float> means(n * c), hiddens(n * r);
+  const float* mean = means.data();
+  const float* hidden = hiddens.data();
+  std::vector<float> dz(n * c), dh(n * r);
+  const float inv_plane = 1.0f / static_cast<float>(plane);
+  ParallelFor(n, n * blocks * plane * kB > 32768, [&](int64_t first, int64_t last) {
+    std::vector<float> gate(blocks * kB, 0.0f), dmean(blocks * kB, 0.0f), m(blocks * kB), z(c);
+    std::vector<double> dg(blocks * kB);
+    for (int64_t i = first; i < last; ++i) {
+      const float* p = in + i * blocks * plane * kB;
+      const float* d = dy + i * blocks * plane * kB;
+      float* q = dx + i * blocks * plane * kB;
+      float* dzi = dz.data() + i * c;
+      float* dhi = dh.data() + i * r;
+      float* hi = hiddens.data() + i * r;
+      for (int64_t b = 0; b < blocks; ++b) {
+        VB sum = {};
+        double* dgb = dg.data() + b * kB;
+        std::fill(dgb, dgb + kB, 0.0);
+        constexpr int64_t kRow = 64;
+        for (int64_t k0 = 0; k0 < plane; k0 += kRow) {
+          VB acc = {};
+          for (int64_t k = k0; k < std::min(plane, k0 + kRow); ++k) {
+            const VB xv = LoadB(p + (b * plane + k) * kB);
+            sum += xv;
+            acc += LoadB(d + (b * plane + k) * kB) * xv;
+          }
+          for (int j = 0; j < kB; ++j) dgb[j] += acc[j];
+        }
+        StoreB(m.data() + b * kB, sum * inv_plane);  // as SqueezeExcite computes it
+      }
+      std::copy(m.begin(), m.begin() + c, means.data() + i * c);
+      SqueezeExciteLogits(w1, b1, w2, b2, r, c, m.data(), hi, z.data());
+      for (int64_t o = 0; o < c; ++o) {
+        dzi[o] = z[o] > -3.0f && z[o] < 3.0f ? static_cast<float>(dg[o] / 6.0) : 0.0f;
+        gate[o] = HSigmoid(z[o]);
+      }
+      std::fill(dhi, dhi + r, 0.0f);
+      for (int64_t o = 0; o < c; ++o) {
+        for (int64_t k = 0; k < r; ++k) dhi[k] += dzi[o] * w2[o * r + k];
+      }
+      for (int64_t k = 0; k < r; ++k) {
+        if (!(hi[k] > 0.0f)) dhi[k] = 0.0f;
+      }
+      std::fill(dmean.begin(), dmean.end(), 0.0f);
+      for (int64_t o = 0; o < r; ++o) {
+        for (int64_t k = 0; k < c; ++k) dmean[k] += dhi[o] * w1[o * c + k];
+      }
+      for (int64_t k = 0; k < c; ++k) dmean[k] *= inv_plane;
+      for (int64_t b = 0; b < blocks; ++b) {
+        const VB g = LoadB(gate.data() + b * kB), dm = LoadB(dmean.data() + b * kB);
+        for (int64_t k = 0; k < plane; ++k) {
+          StoreB(q + (b * plane + k) * kB, LoadB(d + (b * plane + k) * kB) * g + dm);
+        }
       }
     }
   });
-  return 0;
-}
-
-// The gradient of BlockedHSigmoidGate: (x, g, dy) -> (dx = dy * hsigmoid(g), dg = sum(dy * x) / 6 where -3 < g < 3).
-int HSigmoidGateGrad(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
-  if (nparam != 5 || !Float32(5, ndims, dtypes, {5, 4, 5, 5, 4})) return 1;
-  const int64_t* x = shapes[0];
-  const int64_t c = shapes[1][1], blocks = x[0] * x[1], plane = x[2] * x[3];
-  if (shapes[1][0] != x[0] || c > x[1] * kB) return 1;
-  const float* in = static_cast<const float*>(params[0]);
-  const float* gate = static_cast<const float*>(params[1]);
-  const float* dy = static_cast<const float*>(params[2]);
-  float* dx = static_cast<float*>(params[3]);
-  float* dg = static_cast<float*>(params[4]);
-  ParallelFor(blocks, blocks * plane * kB > 32768, [&](int64_t first, int64_t last) {
-    for (int64_t b = first; b < last; ++b) {
-      const int64_t n = b / x[1], c0 = (b % x[1]) * kB;
-      float scale[kB];
-      double sum[kB] = {};
-      for (int j = 0; j < kB; ++j) {
-        scale[j] = c0 + j < c ? std::min(std::max(gate[n * c + c0 + j] + 3.0f, 0.0f), 6.0f) / 6.0f : 0.f;
+  // dw2[o, k] = sum_i dz[i, o] h[i, k], db2[o] = sum_i dz[i, o]; dw1[o, k] = sum_i dh[i, o] m[i, k], db1[o] = sum_i dh[i, o].
+  ParallelFor(c + r, (c + r) * std::max(c, r) * n > 65536, [&](int64_t first, int64_t last) {
+    for (int64_t row = first; row < last; ++row) {
+      const bool second = row < c;  // rows of w2 first, then those of w1
+      const int64_t o = second ? row : row - c, width = second ? r : c;
+      const float* grad = second ? dz.data() : dh.data();
+      const float* input = second ? hidden : mean;
+      const int64_t stride = second ? c : r;
+      float* dw = (second ? dw2 : dw1) + o * width;
+      float bias = 0.0f;
+      std::fill(dw, dw + width, 0.0f);
+      for (int64_t i = 0; i < n; ++i) {
+        const float g = grad[i * stride + o];
+        bias += g;
+        for (int64_t k = 0; k < width; ++k) dw[k] += g * input[i * width + k];
       }
-      const float* p = in + b * plane * kB;
-      const float* d = dy + b * plane * kB;
-      float* q = dx + b * plane * kB;
-      constexpr int64_t kRow = 64;
-      for (int64_t i0 = 0; i0 < plane; i0 += kRow) {
-        float acc[kB] = {};
-        for (int64_t i = i0; i < std::min(plane, i0 + kRow); ++i) {
-          for (int j = 0; j < kB; ++j) {
-            acc[j] += d[i * kB + j] * p[i * kB + j];
-            q[i * kB + j] = d[i * kB + j] * scale[j];
-          }
-        }
-        for (int j = 0; j < kB; ++j) sum[j] += acc[j];
-      }
-      for (int j = 0; j < kB && c0 + j < c; ++j) {
-        const float z = gate[n * c + c0 + j];
-        dg[n * c + c0 + j] = z > -3.0f && z < 3.0f ? static_cast<float>(sum[j] / 6.0) : 0.0f;
-      }
+      (second ? db2 : db1)[o] = bias;
     }
   });
   return 0;
@@ -918,9 +921,6 @@ AOT_EXPORT(BlockedBNTrainGradReLU, BNBackward<ReLU>)
 AOT_EXPORT(BlockedBNTrainGradReLU6, BNBackward<ReLU6>)
 AOT_EXPORT(BlockedBNTrainGradHSwish, BNBackward<HSwish>)
 AOT_EXPORT(BlockedFromNCHW, FromNCHW)
-AOT_EXPORT(BlockedGlobalMeanGrad, GlobalMeanGrad)
-AOT_EXPORT(BlockedHSigmoidGateGrad, HSigmoidGateGrad)
 AOT_EXPORT(BlockedToNCHW, ToNCHW)
-AOT_EXPORT(BlockedGlobalMean, GlobalMean)
-AOT_EXPORT(BlockedHSigmoidGate, HSigmoidGate)
 AOT_EXPORT(BlockedSqueezeExcite, SqueezeExcite)
+AOT_EXPORT(BlockedSqueezeExciteGrad, SqueezeExciteGrad)
