@@ -5,9 +5,7 @@ The collectives are MindSpore's primitives called eagerly on numpy values, on ev
 MindSpore's functional ones (`mindspore.communication.comm_func`) have no CPU kernel in 2.10 ("Create kernelmod for
 op InnerCommAllReduce failed").  In a single process every function here returns its input."""
 import contextlib
-import ctypes
 import os
-import signal
 import zlib
 
 import mindspore as ms
@@ -16,7 +14,6 @@ import mindspore.ops as ops
 import numpy as np
 from mindspore.communication import GlobalComm, get_group_size, get_rank
 
-from src import LAUNCHER_PID
 from src.errors import UserError
 
 RANK_STATISTICS = "rank_statistics"  # checkpoint entries `rank_statistics.<rank>.<parameter>`: each rank's own
@@ -56,21 +53,6 @@ def all_gather(values) -> np.ndarray:
 def barrier() -> None:
     """Return only when every rank has called it."""
     all_reduce(np.zeros(1, np.float32))
-
-
-def stop_with_launcher() -> None:
-    """Have Linux send this process SIGTERM when its launcher dies (`prctl(PR_SET_PDEATHSIG)`): msrun starts its
-    workers in their own sessions (`os.setsid`, mindspore/parallel/cluster/process_entity/_api.py) and has no SIGTERM
-    handler, so a SIGTERM to msrun would leave them running; with this they stop as on any signal, saving first.
-    Called before joining the group (a rank orphaned while the cluster forms would otherwise wait `cluster_time_out`
-    in `init()`); a launcher that died before the request (the parent is no longer `LAUNCHER_PID`, recorded when
-    `src` was imported) gets the same answer at once."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux
-        return
-    if os.getppid() != LAUNCHER_PID:
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def check_same_start(checkpoint: str, global_step: int) -> None:

@@ -7,7 +7,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import log as ms_log
 
-from src.distributed import stop_with_launcher
+from src import stop_with_launcher
 from src.errors import UserError
 from src.model_utils.cli import log, set_log_rank, warn
 
