@@ -850,15 +850,16 @@ int SqueezeExciteGrad(int nparam, void** params, int* ndims, int64_t** shapes, c
       }
     }
   });
-  // dw2[o, k] = sum_i dz[i, o] h[i, k], db2[o] = sum_i dz[i, o]; dw1[o, k] = sum_i dh[i, o] m[i, k], db1[o] = sum_i dh[i, o].
+  // Row o of w2: dw2[o, k] = sum_i dz[i, o] h[i, k], db2[o] = sum_i dz[i, o]; then row o of w1: dw1[o, k] =
+  // sum_i dh[i, o] m[i, k], db1[o] = sum_i dh[i, o].
   ParallelFor(c + r, (c + r) * std::max(c, r) * n > 65536, [&](int64_t first, int64_t last) {
     for (int64_t row = first; row < last; ++row) {
-      const bool second = row < c;  // rows of w2 first, then those of w1
-      const int64_t o = second ? row : row - c, width = second ? r : c;
-      const float* grad = second ? dz.data() : dh.data();
-      const float* input = second ? hidden : mean;
-      const int64_t stride = second ? c : r;
-      float* dw = (second ? dw2 : dw1) + o * width;
+      const bool of_w2 = row < c;
+      const int64_t o = of_w2 ? row : row - c, width = of_w2 ? r : c;
+      const float* grad = of_w2 ? dz.data() : dh.data();
+      const float* input = of_w2 ? hidden : mean;
+      const int64_t stride = of_w2 ? c : r;
+      float* dw = (of_w2 ? dw2 : dw1) + o * width;
       float bias = 0.0f;
       std::fill(dw, dw + width, 0.0f);
       for (int64_t i = 0; i < n; ++i) {
@@ -866,7 +867,7 @@ int SqueezeExciteGrad(int nparam, void** params, int* ndims, int64_t** shapes, c
         bias += g;
         for (int64_t k = 0; k < width; ++k) dw[k] += g * input[i * width + k];
       }
-      (second ? db2 : db1)[o] = bias;
+      (of_w2 ? db2 : db1)[o] = bias;
     }
   });
   return 0;
