@@ -1,6 +1,7 @@
 """Inference on the blocked layout (src/kernels/blocked.py, blocked_kernel.cc on MindSpore's own oneDNN): the
 lowered networks' features in eval mode compute the standard operators' logits, keep the padding channels zero, and
 fall back to NCHW with one warning where oneDNN cannot be used."""
+import ctypes
 import logging
 from ctypes import CDLL
 
@@ -50,6 +51,47 @@ def test_blocked_features_compute_the_standard_operators_logits_and_gradients(mo
     pairs = [cell for _, cell in net.cells_and_names() if isinstance(cell, BlockedPointwiseDepthwise)]
     assert len(pairs) == (fused if library.blocked_block() == 16 else len(pairs))
     assert_lowered_network_matches_standard_network(name, width_mult=width, **options)
+
+
+@pytest.mark.parametrize("mode", [ms.GRAPH_MODE], indirect=True)
+@pytest.mark.parametrize("name,width,options,fused", CASES,
+                         ids=[f"{n}-{w}-{'-'.join(o.values())}" for n, w, o, _ in CASES])
+def test_the_features_in_one_op_compute_bitwise_what_their_ops_do_one_by_one(mode, name, width, options, fused):
+    """In inference the blocked features run as one op (BlockedNetwork: the layers' ops called in sequence inside
+    it, their outputs in buffers it keeps); its logits are bitwise those of the same ops launched one by one by
+    MindSpore (`network = None`): at two image sizes (the buffers grow, then are reused for the smaller one) and
+    after a training step (the op folds the changed weights again)."""
+    one, each = twins(lambda: lower_for_cpu(create_model(name, class_num=10, width_mult=width, **options)))
+    assert one.features.network is not None
+    each.features.network = None
+    step = [nn.TrainOneStepCell(nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True)),
+                                nn.Momentum(net.trainable_params(), 0.1, 0.9)) for net in (one, each)]
+    for train in (False, True):
+        if train:
+            for s in step:
+                s.set_train(True)
+                s(random_input(4, 3, 64, 64) * 3, ms.Tensor(np.arange(4, dtype=np.int32)))
+        for size in (96, 64):
+            for net in (one, each):
+                net.set_train(False)
+            x = random_input(3, 3, size, size, seed=size) * 3
+            got, want = one(x).asnumpy(), each(x).asnumpy()
+            assert np.abs(want).max() > 1e-3 and np.array_equal(got, want), (train, size, np.abs(got - want).max())
+
+
+def test_the_network_op_takes_only_its_own_library_s_ops_on_valid_slots():
+    """A layer names an op of the blocked library and writes a slot other than the ones it reads; else the network
+    is refused (and the features run op by op)."""
+    lib = CDLL(library.blocked_library())
+    lib.BlockedNetworkNew.restype = ctypes.c_int64
+    network = ctypes.c_int64(lib.BlockedNetworkNew())
+    assert lib.BlockedNetworkAdd(network, b"BlockedPointwiseReLU", 0, -1, 1, 2, 6, 1, 0) == 0
+    for symbol in (b"printf", b"BlockedPointwiseReLUx", b"BlockedNetwork", b"BlockedPointwiseTrain",
+                   b"BlockedSqueezeExciteGrad", b"OneDNNVersion"):
+        assert lib.BlockedNetworkAdd(network, symbol, 1, -1, 2, 8, 6, 1, 0) == -1, symbol
+    assert lib.BlockedNetworkAdd(network, b"BlockedPointwiseReLU", 1, -1, 1, 8, 6, 1, 0) == -1  # out == in
+    assert lib.BlockedNetworkAdd(network, b"BlockedPointwiseResidual", 1, 2, 2, 8, 6, 1, 0) == -1  # out == residual
+    assert lib.BlockedNetworkAdd(ctypes.c_int64(10 ** 6), b"BlockedPointwiseReLU", 0, -1, 1, 2, 6, 1, 0) == -1
 
 
 @pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE], indirect=True)

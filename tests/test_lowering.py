@@ -196,6 +196,37 @@ def assert_lowered_network_matches_standard_network(name, **options):
     assert not np.array_equal(fast_logits[0], fast_logits[1])  # it trained in between
 
 
+@pytest.mark.parametrize("mode", [ms.GRAPH_MODE], indirect=True)
+def test_a_call_sets_the_phase_only_on_cells_whose_phase_changes(mode, monkeypatch):
+    """MindSpore sets `compile_phase` on every cell below the one called, at every call (graph/api.py compile);
+    fused cells stop where their subtree already has the phase: a repeated call visits a handful of the lowered
+    MobileNetV3-small's 150-odd cells, and after the features were called on their own (their own phase) a call
+    of the network gives every cell its phase again."""
+    visits = []
+    setter = nn.Cell.compile_phase.fset
+
+    def counting_setter(cell, value):
+        visits.append(cell)
+        setter(cell, value)
+
+    monkeypatch.setattr(nn.Cell, "compile_phase", property(nn.Cell.compile_phase.fget, counting_setter))
+    net = lower_for_cpu(create_model("mobilenet_v3_small", class_num=10))
+    net.set_train(False)
+    x = random_input(2, 3, 32, 32)
+    cells = [cell for _, cell in net.cells_and_names()]
+    assert len(cells) > 150
+    net(x)
+    assert {id(cell) for cell in visits} >= {id(cell) for cell in cells if not isinstance(cell, FusedCell)}
+    assert len({cell.compile_phase for cell in cells}) == 1
+    visits.clear()
+    net(x)
+    assert 0 < len(visits) < 15
+    net.features(x)
+    assert net.features.compile_phase != net.compile_phase
+    net(x)
+    assert {cell.compile_phase for cell in cells} == {net.compile_phase}
+
+
 @pytest.mark.parametrize("make", [
     lambda: nn.SequentialCell([nn.Conv2d(8, 8, 3, pad_mode="same", group=8), nn.BatchNorm2d(8), nn.ReLU()]),
     lambda: nn.SequentialCell([nn.Conv2d(8, 8, 3, 3, pad_mode="pad", padding=1, group=8), nn.BatchNorm2d(8)]),

@@ -5,6 +5,8 @@ channels (blocked_kernel.cc; README "Speed on CPU" measures them against our NCH
 NCHW and writes blocked, the region ends with one reorder back to NCHW, so what enters and leaves `features` is
 unchanged.  `blocked_features` builds the region from the lowered NCHW cells (their Parameter objects), or returns
 None where a cell in it has no blocked form (then the network keeps the NCHW cells)."""
+from ctypes import CDLL, c_int64
+
 import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
@@ -17,6 +19,9 @@ from src.kernels.fused import (DepthwiseConvBNAct, DepthwisePointwise, FusedCell
                                SqueezeExcite, StemConvBNAct, update_moving_statistics)
 from src.kernels.library import aot, blocked_block, blocked_library
 from src.models import mobilenet_v3
+
+
+RESIDUAL = "BlockedPointwiseResidual"  # a linear 1x1 plus the shortcut
 
 
 def _op(symbol, out_shape, bprop=None, out_dtype=lambda x, *_: x):
@@ -76,20 +81,24 @@ class BlockedConvBNAct(FusedCell):
         self.op_residual = None
         self.bn_act = batchnorm_train_op(cell.activation, "Blocked", blocked_library())
         if self.kind == "Pointwise":
-            self.op = _op(f"BlockedPointwise{act}", out_shape)
+            self.symbol = f"BlockedPointwise{act}"
             self.conv_train = _conv_train_op("Pointwise", "", out_shape)
             if cell.activation is None:
-                self.op_residual = _op("BlockedPointwiseResidual", lambda x, w, *bn_and_r: bn_and_r[-1])
+                self.op_residual = _op(RESIDUAL, lambda x, w, *bn_and_r: bn_and_r[-1])
         else:
             suffix = padding_symbol(stride, self.same)
-            self.op = _op(f"Blocked{self.kind}{act}{suffix}", out_shape)
+            self.symbol = f"Blocked{self.kind}{act}{suffix}"
             self.conv_train = _conv_train_op(self.kind, suffix, out_shape)
+        self.op = _op(self.symbol, out_shape)
 
-    def inference_parameters(self):
+    def network_inputs(self):
         """The convolution's weight and its BatchNorm as the inference ops take them (they fold them once per
         version, blocked_kernel.cc RunInference)."""
         bn = self.bn
         return self.conv.weight, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance, self.eps
+
+    def network_layer(self, plan, x: int, residual: int = -1) -> int:
+        return plan.add(self.symbol if residual < 0 else RESIDUAL, x, 6, self.stride, residual=residual)
 
     def construct(self, x, residual=None):
         bn = self.bn
@@ -99,8 +108,8 @@ class BlockedConvBNAct(FusedCell):
             update_moving_statistics(bn, mean, var, y.shape[0] * y.shape[2] * y.shape[3])
             return z if residual is None else z + residual
         if residual is None:
-            return self.op(x, *self.inference_parameters())
-        return self.op_residual(x, *self.inference_parameters(), residual)
+            return self.op(x, *self.network_inputs())
+        return self.op_residual(x, *self.network_inputs(), residual)
 
 
 class BlockedPointwiseDepthwise(FusedCell):
@@ -120,7 +129,8 @@ class BlockedPointwiseDepthwise(FusedCell):
             dw = rest[5]
             return [x[0], _blocks(dw[0]), *conv_output_shape(x, dw, stride)[2:], block]
 
-        self.op = _op(f"BlockedPointwiseDepthwise{ACTIVATION_SYMBOLS[depthwise.activation]}S{stride}", out_shape)
+        self.symbol = f"BlockedPointwiseDepthwise{ACTIVATION_SYMBOLS[depthwise.activation]}S{stride}"
+        self.op = _op(self.symbol, out_shape)
 
     @staticmethod
     def fusable(pointwise, depthwise) -> bool:
@@ -130,10 +140,16 @@ class BlockedPointwiseDepthwise(FusedCell):
                 and depthwise.conv.kernel_size[0] == 3 and not (depthwise.same and depthwise.stride == 2)
                 and pointwise.out_channels % blocked_block() == 0)
 
+    def network_layer(self, plan, x: int) -> int:
+        return plan.add(self.symbol, x, 12, self.depthwise.stride, weight=6)
+
+    def network_inputs(self):
+        return self.pointwise.network_inputs() + self.depthwise.network_inputs()
+
     def construct(self, x):
         if self.training:
             return self.depthwise(self.pointwise(x))
-        return self.op(x, *self.pointwise.inference_parameters(), *self.depthwise.inference_parameters())
+        return self.op(x, *self.pointwise.network_inputs(), *self.depthwise.network_inputs())
 
 
 class BlockedSqueezeExcite(FusedCell):
@@ -153,8 +169,14 @@ class BlockedSqueezeExcite(FusedCell):
 
         self.op = _op("BlockedSqueezeExcite", lambda x, *_: x, bprop)
 
+    def network_layer(self, plan, x: int) -> int:
+        return plan.add("BlockedSqueezeExcite", x, 4, 0)
+
+    def network_inputs(self):
+        return self.reduce.weight, self.reduce.bias, self.expand.weight, self.expand.bias
+
     def construct(self, x):
-        return self.op(x, self.reduce.weight, self.reduce.bias, self.expand.weight, self.expand.bias)
+        return self.op(x, *self.network_inputs())
 
 
 class BlockedShortcut(FusedCell):
@@ -167,13 +189,54 @@ class BlockedShortcut(FusedCell):
         self.last = cells[-1]
         self.out_channels = self.last.out_channels
 
+    def network_layer(self, plan, x: int) -> int:
+        plan.keep.add(x)
+        y = x
+        for cell in self.body.cell_list:
+            y = cell.network_layer(plan, y)
+        plan.keep.remove(x)
+        return self.last.network_layer(plan, y, residual=x)
+
+    def network_inputs(self):
+        inputs = ()
+        for cell in self.body.cell_list:
+            inputs = inputs + cell.network_inputs()
+        return inputs + self.last.network_inputs()
+
     def construct(self, x):
         return self.last(self.body(x), x)
 
 
+class _NetworkPlan:
+    """The description of a BlockedNetwork op (blocked_kernel.cc): its layers, each reading a slot (0: the network's
+    input) and writing another one that no later layer still needs (`keep`: the slots of open shortcuts), and its
+    inputs after (id, x): each layer's in turn."""
+
+    def __init__(self):
+        self.layers, self.inputs, self.keep = [], 2, set()
+
+    def add(self, symbol: str, x: int, inputs: int, stride: int, weight: int = 0, residual: int = -1) -> int:
+        out = min(slot for slot in range(1, len(self.keep) + 4) if slot not in self.keep | {x, residual})
+        self.layers.append((symbol, x, residual, out, self.inputs, inputs, stride, weight))
+        self.inputs += inputs
+        return out
+
+    def create(self):
+        """The network's id in the library, or None where it refuses a layer."""
+        library = CDLL(blocked_library())
+        library.BlockedNetworkNew.restype = c_int64
+        network = library.BlockedNetworkNew()
+        for symbol, *numbers in self.layers:
+            if library.BlockedNetworkAdd(c_int64(network), symbol.encode(), *numbers) != 0:
+                return None
+        return network
+
+
 class BlockedFeatures(FusedCell):
     """`features` on the blocked layout: the blocked cells (`blocked`), then one reorder to NCHW of `channels`
-    channels (its gradient the reorder back)."""
+    channels (its gradient the reorder back).  In inference all of it is one op (`network`, blocked_kernel.cc
+    BlockedNetwork: the cells' inference ops called in sequence inside one MindSpore op, bitwise the same result);
+    `network = None` runs the cells' ops one by one."""
 
     def __init__(self, blocked: list, channels: int):
         super().__init__()
@@ -185,9 +248,31 @@ class BlockedFeatures(FusedCell):
             return (from_nchw(dout),)
 
         self.to_nchw = _op("BlockedToNCHW", lambda x: [x[0], channels, x[2], x[3]], bprop)
+        plan, slot = _NetworkPlan(), 0
+        for cell in blocked:
+            slot = cell.network_layer(plan, slot)
+        network = plan.create()
+        strides = [layer[6] for layer in plan.layers if layer[6] > 0]
+
+        def out_shape(network_id, x, *_):
+            size = x[2:]
+            for stride in strides:
+                size = [(s - 1) // stride + 1 for s in size]
+            return [x[0], channels, *size]
+
+        self.network = None if network is None else _op("BlockedNetwork", out_shape, out_dtype=lambda _, x, *r: x)
+        self.network_id = Tensor([-1 if network is None else network], ms.int64)
+
+    def network_inputs(self):
+        inputs = ()
+        for cell in self.blocked.cell_list:
+            inputs = inputs + cell.network_inputs()
+        return inputs
 
     def construct(self, x):
-        return self.to_nchw(self.blocked(x))
+        if self.training or self.network is None:
+            return self.to_nchw(self.blocked(x))
+        return self.network(self.network_id, x, *self.network_inputs())
 
 
 def _blocked_cells(cell, first: bool):

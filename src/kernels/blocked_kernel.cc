@@ -16,6 +16,7 @@
 // and the training ops (convolutions and their gradients, BatchNorm on batch statistics) further down.
 // Activations Act: Identity, ReLU, ReLU6, HSwish (oneDNN post-ops: relu, clip_v2 (0, 6), hardswish (1/6, 1/2)).
 // Padding: symmetric k / 2, or TensorFlow's "same" at stride 2 (half the total before, the odd one after).
+#include <dlfcn.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -883,6 +884,134 @@ extern "C" int OneDNNVersion() {
   return v->major * 10000 + v->minor * 100 + v->patch;
 }
 
+// The whole blocked inference network (`features`) as one op: its layers (each one of the inference ops above,
+// called as MindSpore would call it) run in sequence inside one call, their outputs in buffers the network keeps
+// between calls, and the last one reordered to NCHW.  MindSpore's runtime then launches one op per batch instead of
+// one per layer (measured: README "Speed on CPU"); the result is bitwise the ops' one by one.  Python describes the
+// network once (BlockedNetworkNew, BlockedNetworkAdd) and passes its id as the op's first input:
+//   BlockedNetwork(id, x NCHW, the layers' inputs...) -> y NCHW
+namespace {
+
+using AotFunction = int (*)(int, void**, int*, int64_t**, const char**, void*, void*);
+
+// A layer: `function` (an inference op of this library) on slot `in` (0: the network's input x; slots 1.. are the
+// network's buffers), its parameters (the op's inputs first .. first + count - 1), the shortcut slot `residual` (or
+// -1), writing slot `out`.  Its output has the shape of its input (squeeze-excite, stride 0) or that of a
+// convolution at `stride` whose weight is input first + weight (out channels, kernel size).
+struct Layer {
+  AotFunction function;
+  int in, residual, out, first, count, stride, weight;
+};
+
+struct Network {
+  std::vector<Layer> layers;
+  std::vector<std::vector<float>> buffers;  // by slot (buffers[0] unused: the input)
+  std::mutex mutex;                         // one call at a time (the buffers)
+};
+
+std::mutex networks_mutex;
+std::vector<std::unique_ptr<Network>> networks;
+
+Network* GetNetwork(int64_t id) {
+  std::lock_guard<std::mutex> lock(networks_mutex);
+  return id >= 0 && id < static_cast<int64_t>(networks.size()) ? networks[id].get() : nullptr;
+}
+
+}  // namespace
+
+extern "C" int64_t BlockedNetworkNew() {
+  std::lock_guard<std::mutex> lock(networks_mutex);
+  networks.push_back(std::make_unique<Network>());
+  return static_cast<int64_t>(networks.size()) - 1;
+}
+
+// Adds a layer to network `id` (see Layer); -1 where `symbol` is not an inference op of this library (dlsym also
+// finds the libraries it links, such as libc's functions) or the slots are invalid.
+extern "C" int BlockedNetworkAdd(int64_t id, const char* symbol, int in, int residual, int out, int first, int count,
+                                 int stride, int weight) {
+  const std::string name(symbol);
+  if (name.rfind("Blocked", 0) != 0 || name.find("Train") != std::string::npos ||
+      name.find("Grad") != std::string::npos || name.rfind("BlockedNetwork", 0) == 0) {
+    return -1;
+  }
+  Dl_info self, found;
+  if (dladdr(reinterpret_cast<void*>(&BlockedNetworkNew), &self) == 0) return -1;
+  void* library = dlopen(self.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
+  void* function = library == nullptr ? nullptr : dlsym(library, symbol);
+  if (library != nullptr) dlclose(library);
+  if (function != nullptr && (dladdr(function, &found) == 0 || found.dli_fbase != self.dli_fbase)) return -1;
+  Network* net = GetNetwork(id);
+  if (net == nullptr || function == nullptr || out < 1 || out == in || out == residual || in < 0 || first < 2 ||
+      count < 1 || weight < 0 || weight >= count) {
+    return -1;
+  }
+  const int slots = std::max({in, residual, out}) + 1;
+  if (static_cast<int>(net->buffers.size()) < slots) net->buffers.resize(slots);
+  net->layers.push_back({reinterpret_cast<AotFunction>(function), in, residual, out, first, count, stride, weight});
+  return 0;
+}
+
+namespace {
+
+int NetworkInference(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
+  if (nparam < 4 || ndims[0] != 1 || shapes[0][0] != 1 || std::strcmp(dtypes[0], "int64") != 0 ||
+      !Float32(1, ndims + 1, dtypes + 1, {4}) || !Float32(1, ndims + nparam - 1, dtypes + nparam - 1, {4})) {
+    return 1;
+  }
+  Network* net = GetNetwork(*static_cast<const int64_t*>(params[0]));
+  if (net == nullptr || net->layers.empty()) return 1;
+  std::lock_guard<std::mutex> lock(net->mutex);
+  struct Slot {
+    void* data;
+    int ndim;
+    int64_t shape[5];
+  };
+  std::vector<Slot> slots(net->buffers.size());
+  slots[0] = {params[1], 4, {shapes[1][0], shapes[1][1], shapes[1][2], shapes[1][3], 0}};
+  const char* f32 = "float32";
+  for (const Layer& l : net->layers) {
+    if (l.first + l.count > nparam - 1) return 1;
+    const Slot& in = slots[l.in];
+    Slot& out = slots[l.out];
+    out.ndim = 5;
+    std::copy(in.shape, in.shape + 4, out.shape);
+    out.shape[4] = kB;
+    if (l.stride > 0) {  // a convolution (odd kernel, padded k / 2 or "same": ceil(size / stride))
+      const int64_t* w = shapes[l.first + l.weight];
+      out.shape[1] = (w[0] + kB - 1) / kB;
+      out.shape[2] = (in.shape[2] - 1) / l.stride + 1;
+      out.shape[3] = (in.shape[3] - 1) / l.stride + 1;
+    }
+    auto& buffer = net->buffers[l.out];
+    const size_t size = out.shape[0] * out.shape[1] * out.shape[2] * out.shape[3] * kB;
+    if (buffer.size() < size) buffer.resize(size);
+    out.data = buffer.data();
+    std::vector<void*> p;
+    std::vector<int> nd;
+    std::vector<int64_t*> sh;
+    std::vector<const char*> dt;
+    auto add = [&](Slot& s) {
+      p.push_back(s.data), nd.push_back(s.ndim), sh.push_back(s.shape), dt.push_back(f32);
+    };
+    add(slots[l.in]);
+    for (int i = l.first; i < l.first + l.count; ++i) {
+      p.push_back(params[i]), nd.push_back(ndims[i]), sh.push_back(shapes[i]), dt.push_back(dtypes[i]);
+    }
+    if (l.residual >= 0) add(slots[l.residual]);
+    add(out);
+    const int status = l.function(static_cast<int>(p.size()), p.data(), nd.data(), sh.data(), dt.data(), nullptr,
+                                  nullptr);
+    if (status != 0) return status;
+  }
+  const Slot& last = slots[net->layers.back().out];
+  const int64_t* y = shapes[nparam - 1];
+  if (y[0] != last.shape[0] || y[2] != last.shape[2] || y[3] != last.shape[3] || y[1] > last.shape[1] * kB) return 1;
+  void* reorder[] = {last.data, params[nparam - 1]};
+  return Reorder(y, true, reorder);
+}
+
+}  // namespace
+
 #define BLOCKED_CONVS(ACT, A)                                                   \
   AOT_EXPORT(BlockedStem##ACT##S1, Stem<A, 1, false>)                           \
   AOT_EXPORT(BlockedStem##ACT##S2, Stem<A, 2, false>)                           \
@@ -925,3 +1054,4 @@ AOT_EXPORT(BlockedFromNCHW, FromNCHW)
 AOT_EXPORT(BlockedToNCHW, ToNCHW)
 AOT_EXPORT(BlockedSqueezeExcite, SqueezeExcite)
 AOT_EXPORT(BlockedSqueezeExciteGrad, SqueezeExciteGrad)
+AOT_EXPORT(BlockedNetwork, NetworkInference)

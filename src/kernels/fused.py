@@ -30,6 +30,20 @@ class FusedCell(nn.Cell):
     def __init__(self):
         super().__init__(auto_prefix=False)
 
+    @property
+    def compile_phase(self):
+        return self._compile_phase
+
+    @compile_phase.setter
+    def compile_phase(self, value):
+        # MindSpore sets the phase on every cell below the one called, at every call (mindspore/graph/api.py,
+        # _CellGraphExecutor.compile: `obj.compile_phase = phase`; nn/cell.py's setter recurses): 159 cells of a
+        # lowered MobileNetV3-small, 0.5 ms of a 1.8 ms call at batch 1 on one thread.  A fused cell that already
+        # has this phase leaves its subtree alone (MindSpore 2.10 reads only the called cell's phase:
+        # parallel/strategy.py).
+        if value != self._compile_phase:
+            nn.Cell.compile_phase.fset(self, value)
+
 
 class ConvBNAct(FusedCell):
     """conv -> BatchNorm -> activation (the cells of a standard sequence: `conv`, `bn`, `act`, which is None for a
