@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from src.kernels import library
-from src.kernels.blocked import BlockedFeatures, BlockedPointwiseDepthwise, BlockedSqueezeExcite
+from src.kernels.blocked import BlockedFeatures, BlockedPointwiseDepthwise, BlockedSqueezeExcite, DenseAct
 from src.kernels.lowering import lower_for_cpu
 from src.models import create_model, mobilenet_v3
 from tests.test_lowering import assert_lowered_network_matches_standard_network, lowered, random_input, twins
@@ -185,6 +185,43 @@ def test_squeeze_excite_in_one_op_matches_the_standard_cell(mode):
         assert len(got) == (6 if training else 1)
         for g, w in zip(got, want):
             np.testing.assert_allclose(g, w, rtol=0, atol=1e-5 * np.abs(w).max())
+
+
+@pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], indirect=True)
+@pytest.mark.parametrize("activation", ["relu", "relu6", "hswish"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_dense_and_activation_in_one_op_match_the_cells(mode, activation, bias):
+    """A dense layer and its activation (MobileNetV3's head) as one oneDNN inner product with the bias and the
+    activation fused equals the two cells in inference, for inputs that cross the activation's kinks; in training,
+    and in inference on a 3-D input, the cells themselves run (bitwise theirs, with their gradients)."""
+    cell = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hswish": nn.HSwish}[activation]
+    fast, standard = twins(lambda: nn.SequentialCell([nn.Dense(37, 21, has_bias=bias), cell()]))
+    rng = np.random.default_rng(3)
+    for param, twin in zip(fast.get_parameters(), standard.get_parameters()):
+        value = rng.normal(0, 0.5, param.shape).astype(np.float32)
+        param.set_data(ms.Tensor(value))
+        twin.set_data(ms.Tensor(value.copy()))
+    fast = lowered(fast)
+    assert type(fast[0]) is DenseAct and type(fast[1]) is nn.Identity
+    x = ms.Tensor(rng.normal(0, 2, (5, 37)).astype(np.float32))
+    for net in (fast, standard):
+        net.set_train(False)
+    want = standard(x).asnumpy()
+    assert (want == 0).mean() > 0.1 and (want > 0).mean() > 0.1
+    if activation == "relu6":
+        assert (want == 6).mean() > 0.05
+    if activation == "hswish":
+        assert ((want > -0.375) & (want < 0)).mean() > 0.05 and (want > 3).mean() > 0.05
+    np.testing.assert_allclose(fast(x).asnumpy(), want, rtol=0, atol=1e-5 * np.abs(want).max())
+    x3 = ms.Tensor(rng.normal(0, 2, (2, 3, 37)).astype(np.float32))
+    assert np.array_equal(fast(x3).asnumpy(), standard(x3).asnumpy())
+    for net in (fast, standard):
+        net.set_train(True)
+    dy = ms.Tensor(rng.standard_normal((5, 21)).astype(np.float32))
+    got, want = [ms.grad(WeightedSum(net, dy), grad_position=0, weights=net.trainable_params())(x)
+                 for net in (fast, standard)]
+    assert np.array_equal(got[0].asnumpy(), want[0].asnumpy())
+    assert all(np.array_equal(g.asnumpy(), w.asnumpy()) for g, w in zip(got[1], want[1]))
 
 
 @pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE], indirect=True)

@@ -152,6 +152,25 @@ class BlockedPointwiseDepthwise(FusedCell):
         return self.op(x, *self.pointwise.network_inputs(), *self.depthwise.network_inputs())
 
 
+class DenseAct(FusedCell):
+    """A dense layer (float32, 2-D input) and the activation after it (the cells `dense` and `act`, as a network's
+    head has them): in inference one oneDNN inner product with the bias and the activation fused (blocked_kernel.cc
+    Dense), in training the two cells."""
+
+    def __init__(self, dense: nn.Dense, act: nn.Cell, activation: str):
+        super().__init__()
+        self.dense, self.act = dense, act
+        self.op = _op(f"BlockedDense{'' if dense.has_bias else 'NoBias'}{ACTIVATION_SYMBOLS[activation]}",
+                      lambda x, w, *_: [x[0], w[0]])
+
+    def construct(self, x):
+        if self.training or len(x.shape) != 2:
+            return self.act(self.dense(x))
+        if self.dense.has_bias:
+            return self.op(x, self.dense.weight, self.dense.bias)
+        return self.op(x, self.dense.weight)
+
+
 class BlockedSqueezeExcite(FusedCell):
     """A lowered squeeze-excite on blocked tensors as one op of ours, an image at a time (the channel means, the two
     small convolutions with their biases, ReLU, the h-sigmoid gate and the scaling; blocked_kernel.cc SqueezeExcite),

@@ -10,11 +10,11 @@ from typing import Callable
 import mindspore as ms
 import mindspore.nn as nn
 
-from src.kernels.blocked import blocked_features
+from src.kernels.blocked import DenseAct, blocked_features
 from src.kernels.depthwise import STRIDES
 from src.kernels.fused import (ConvBNAct, DepthwiseConvBNAct, DepthwisePointwise, GlobalMean, PointwiseConvBNAct,
                                ShortcutBlock, SqueezeExcite, StemConvBNAct)
-from src.kernels.library import cpu_has_avx512, kernel_library
+from src.kernels.library import blocked_library, cpu_has_avx512, kernel_library
 from src.kernels.pointwise import SEPARABLE
 from src.model_utils.cli import log
 from src.models import layers, mobilenet_v1, mobilenet_v3
@@ -104,6 +104,12 @@ def _separable(depthwise, pointwise) -> bool:
             and (depthwise.activation, pointwise.activation) in SEPARABLE)
 
 
+def _dense_act(dense, act) -> bool:
+    """A float32 dense layer without its own activation, then an activation cell: oneDNN's (the blocked library)."""
+    return (type(dense) is nn.Dense and type(act) in ACTIVATIONS and not dense.activation_flag and _float32(dense)
+            and blocked_library() is not None)
+
+
 def _takes_shortcut(cell) -> bool:
     """An inverted residual block with a shortcut whose last cell can add it: a linear fused conv-bn-act, or a
     depthwise + pointwise pair with a shortcut op."""
@@ -132,6 +138,8 @@ RULES = (
     Rule("depthwise + pointwise", 2, _separable, DepthwisePointwise),
     Rule("shortcut in the projection", 1, _takes_shortcut,
          lambda cell: ShortcutBlock(cell.block)),
+    Rule("dense + activation (oneDNN)", 2, _dense_act,
+         lambda dense, act: DenseAct(dense, act, ACTIVATIONS[type(act)])),
 )
 
 
