@@ -3,6 +3,8 @@ lowered networks' features in eval mode compute the standard operators' logits, 
 fall back to NCHW with one warning where oneDNN cannot be used."""
 import ctypes
 import logging
+import resource
+import time
 from ctypes import CDLL
 
 import mindspore as ms
@@ -77,6 +79,25 @@ def test_the_features_in_one_op_compute_bitwise_what_their_ops_do_one_by_one(mod
             x = random_input(3, 3, size, size, seed=size) * 3
             got, want = one(x).asnumpy(), each(x).asnumpy()
             assert np.abs(want).max() > 1e-3 and np.array_equal(got, want), (train, size, np.abs(got - want).max())
+
+
+@pytest.mark.parametrize("mode", [ms.GRAPH_MODE], indirect=True)
+def test_the_network_op_s_workers_sleep_between_calls(mode):
+    """The network op's threads wait for work spinning while a network runs and sleep once it has returned: a second
+    of idleness after inference costs the process (almost) no CPU time."""
+    net = lower_for_cpu(create_model("mobilenet_v3_small", class_num=10))
+    net.set_train(False)
+    x = random_input(2, 3, 64, 64)
+    for _ in range(3):
+        net(x).asnumpy()
+
+    def cpu_seconds():
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    start = cpu_seconds()
+    time.sleep(1)
+    assert cpu_seconds() - start < 0.2
 
 
 def test_the_network_op_takes_only_its_own_library_s_ops_on_valid_slots():
