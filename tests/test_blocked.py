@@ -224,6 +224,7 @@ def test_dense_and_activation_in_one_op_match_the_cells(mode, activation, bias):
         twin.set_data(ms.Tensor(value.copy()))
     fast = lowered(fast)
     assert type(fast[0]) is DenseAct and type(fast[1]) is nn.Identity
+    assert (fast[0].in_channels, fast[0].out_channels, fast[0].has_bias) == (37, 21, bias)
     x = ms.Tensor(rng.normal(0, 2, (5, 37)).astype(np.float32))
     for net in (fast, standard):
         net.set_train(False)

@@ -155,11 +155,12 @@ class BlockedPointwiseDepthwise(FusedCell):
 class DenseAct(FusedCell):
     """A dense layer (float32, 2-D input) and the activation after it (the cells `dense` and `act`, as a network's
     head has them): in inference one oneDNN inner product with the bias and the activation fused (blocked_kernel.cc
-    Dense), in training the two cells."""
+    Dense), in training the two cells.  It answers `in_channels`, `out_channels` and `has_bias` as the dense layer."""
 
     def __init__(self, dense: nn.Dense, act: nn.Cell, activation: str):
         super().__init__()
         self.dense, self.act = dense, act
+        self.in_channels, self.out_channels, self.has_bias = dense.in_channels, dense.out_channels, dense.has_bias
         self.op = _op(f"BlockedDense{'' if dense.has_bias else 'NoBias'}{ACTIVATION_SYMBOLS[activation]}",
                       lambda x, w, *_: [x[0], w[0]])
 
